@@ -1,0 +1,39 @@
+# Kubetune developer entry points. `make help` lists them.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+UV ?= uv
+
+.DEFAULT_GOAL := help
+
+help: ## List the targets
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
+
+setup: ## Create .venv from uv.lock with every extra (torch, kopf, fastapi, dev tools)
+	@command -v $(UV) >/dev/null || python3 -m pip install --quiet 'uv>=0.5'
+	$(UV) sync --frozen --all-extras
+
+lint: setup ## ruff + mypy
+	$(VENV)/bin/ruff check operator trainer_image tests bench
+	$(VENV)/bin/ruff format --check operator trainer_image tests bench
+	$(VENV)/bin/mypy operator/kubetune_api operator/kubetune_cli trainer_image/kubetune_trainer
+
+test-unit: setup ## Fast tier: no cluster, no GPU
+	$(VENV)/bin/pytest -q tests/unit
+
+test-integration: setup ## Trains and serves tiny Qwen3 models on the CPU
+	$(VENV)/bin/pytest -q -m integration tests/integration
+
+test-e2e: setup ## Real local control plane (builds it on first use)
+	$(VENV)/bin/pytest -q -m e2e tests/e2e
+
+test: setup ## Every tier: unit, integration, e2e (what CI runs)
+	$(VENV)/bin/pytest -q -m 'not slow or slow' -p no:cacheprovider tests
+
+cluster-up: ## Start the local control plane (kube-apiserver, etcd, controller-manager, scheduler, kwok GPU nodes)
+	hack/cluster.sh up
+
+cluster-down: ## Stop the local control plane and remove its state
+	hack/cluster.sh down
+
+.PHONY: help setup lint test test-unit test-integration test-e2e cluster-up cluster-down

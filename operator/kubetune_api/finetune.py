@@ -1,0 +1,270 @@
+"""The FineTuneJob spec: model, dataset, PEFT method, training, resources, output, retries.
+
+One schema for three readers: the CRD generator (descriptions, enums, bounds become the
+OpenAPI schema), the operator (parses `spec` of each FineTuneJob) and the trainer (the same
+classes, minus the Kubernetes-only parts, are its config). Cross-field rules that the API
+server cannot express live in `model_validator`s here, so every reader enforces them.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from kubetune_api.base import ApiModel
+
+DEFAULT_TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+class PvcRef(ApiModel):
+    """A file or folder on a PersistentVolumeClaim."""
+
+    claim_name: str = Field(min_length=1, description="Name of the PersistentVolumeClaim.")
+    path: str = Field(default="", description="Path inside the volume (file or folder).")
+
+
+class ConfigMapRef(ApiModel):
+    """One key of a ConfigMap, mounted as a file."""
+
+    name: str = Field(min_length=1, description="Name of the ConfigMap.")
+    key: str = Field(min_length=1, description="Key whose value is the file's content.")
+
+
+class SecretKeyRef(ApiModel):
+    """A Secret key, read by reference so the value never appears in a spec."""
+
+    name: str = Field(min_length=1, description="Name of the Secret.")
+    key: str = Field(default="token", min_length=1, description="Key inside the Secret.")
+
+
+class DataSource(ApiModel):
+    """Where a file comes from: exactly one of path, pvc, configMap or uri."""
+
+    path: str | None = Field(
+        default=None,
+        description="Local path, as the trainer process sees it (kubetune train, or a mounted volume).",
+    )
+    pvc: PvcRef | None = Field(default=None, description="A file on a PersistentVolumeClaim.")
+    config_map: ConfigMapRef | None = Field(default=None, description="A key of a ConfigMap.")
+    uri: str | None = Field(default=None, description="A URI (file:// locally; s3:// or https:// when the image supports it).")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> DataSource:
+        given = [n for n in ("path", "pvc", "config_map", "uri") if getattr(self, n) is not None]
+        if len(given) != 1:
+            raise ValueError(f"set exactly one of path, pvc, configMap, uri (got {len(given)})")
+        return self
+
+
+class ModelSpec(ApiModel):
+    """The base model to fine-tune."""
+
+    name: str = Field(
+        min_length=1,
+        description="Hub id such as Qwen/Qwen3-8B, or a local directory with config.json and weights.",
+    )
+    source: DataSource | None = Field(
+        default=None, description="Where the weights are, if not fetched by name (pvc or uri)."
+    )
+    token_secret_ref: SecretKeyRef | None = Field(
+        default=None, description="Secret holding a hub token, exposed to the trainer as HF_TOKEN."
+    )
+
+
+class MixtureEntry(ApiModel):
+    """One dataset of a multi-task mixture."""
+
+    name: str = Field(min_length=1, description="Task name; per-task metrics use it.")
+    train: DataSource = Field(description="Training file of this task.")
+    eval: DataSource | None = Field(default=None, description="Evaluation file of this task.")
+    weight: float = Field(default=1.0, gt=0, description="Relative sampling weight.")
+
+
+class DatasetSpec(ApiModel):
+    """Training and evaluation data, their format and how rows are filtered."""
+
+    train: DataSource | None = Field(default=None, description="Training data (JSONL).")
+    eval: DataSource | None = Field(default=None, description="Evaluation data (JSONL).")
+    format: Literal["input-target", "messages", "text"] = Field(
+        default="input-target",
+        description="input-target: {input, target} lines; messages: chat {messages: [{role, content}]}; "
+        "text: {text} lines for continued pre-training.",
+    )
+    max_input_tokens: int = Field(
+        default=2048, ge=1, le=131072, description="Longer prompts are truncated from the left."
+    )
+    max_target_tokens: int = Field(
+        default=512, ge=1, le=131072, description="Longer targets are truncated from the right."
+    )
+    dedupe: bool = Field(default=True, description="Drop exact duplicate rows (counted in the summary).")
+    on_invalid_line: Literal["fail", "skip"] = Field(
+        default="fail",
+        description="fail: stop with the line number and reason; skip: skip the line and count it.",
+    )
+    mixture: list[MixtureEntry] | None = Field(
+        default=None, description="Several weighted datasets trained jointly (multi-task)."
+    )
+
+    @model_validator(mode="after")
+    def _has_train(self) -> DatasetSpec:
+        if self.train is None and not self.mixture:
+            raise ValueError("set train (or mixture): there is no training data")
+        return self
+
+
+class MethodSpec(ApiModel):
+    """The parameter-efficient fine-tuning method and its size."""
+
+    type: Literal["lora", "qlora", "adapter", "prefix-tuning"] = Field(
+        default="lora",
+        description="lora; qlora (4-bit base + LoRA); adapter (Houlsby bottleneck); prefix-tuning.",
+    )
+    rank: int = Field(default=8, ge=1, le=1024, description="LoRA rank: higher = more capacity and memory.")
+    alpha: float = Field(default=16.0, gt=0, description="LoRA scaling numerator (scale = alpha / rank).")
+    dropout: float = Field(default=0.05, ge=0, lt=1, description="Dropout on the adapter input.")
+    target_modules: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_TARGET_MODULES),
+        min_length=1,
+        description="Module names LoRA wraps (default: all attention and MLP projections).",
+    )
+    num_virtual_tokens: int = Field(
+        default=20, ge=1, le=512, description="Prefix length for prefix-tuning."
+    )
+    bottleneck_size: int = Field(
+        default=64, ge=1, le=65536, description="Hidden size of the bottleneck adapter."
+    )
+
+
+class TrainingSpec(ApiModel):
+    """Optimisation, precision, batching and checkpointing."""
+
+    epochs: int = Field(default=3, ge=1, le=1000, description="Passes over the training data.")
+    batch_size: int | None = Field(
+        default=None,
+        ge=1,
+        description="Global batch in sequences per optimizer step "
+        "(= microBatchSize x gradientAccumulationSteps x processes). Default: derived.",
+    )
+    micro_batch_size: int | None = Field(
+        default=None, ge=1, le=4096, description="Sequences per forward pass per process. Default: derived."
+    )
+    gradient_accumulation_steps: int = Field(
+        default=1, ge=1, le=4096, description="Micro-batches accumulated per optimizer step."
+    )
+    learning_rate: float = Field(default=2e-4, gt=0, le=1, description="Peak learning rate (AdamW).")
+    weight_decay: float = Field(default=0.0, ge=0, le=1, description="AdamW weight decay.")
+    warmup_ratio: float = Field(
+        default=0.1, ge=0, lt=1, description="Fraction of steps with linear warm-up."
+    )
+    scheduler: Literal["cosine", "linear", "constant"] = Field(
+        default="cosine", description="Learning-rate decay after warm-up."
+    )
+    max_grad_norm: float = Field(default=1.0, ge=0, description="Gradient clipping norm (0 disables).")
+    precision: Literal["bf16", "fp16", "fp32"] = Field(
+        default="bf16", description="Compute precision; fp16 uses dynamic loss scaling."
+    )
+    gradient_checkpointing: bool = Field(
+        default=True, description="Recompute activations in backward to save memory (~20% slower)."
+    )
+    zero_stage: Literal[0, 2, 3] = Field(
+        default=0,
+        description="0: replicate; 2: shard gradients and optimizer state (FSDP2, no reshard); "
+        "3: also shard parameters.",
+    )
+    dynamic_batching: Literal["packing", "length-grouped", "none"] = Field(
+        default="length-grouped",
+        description="packing: padding-free concatenation; length-grouped: batch similar lengths; none.",
+    )
+    max_tokens_per_batch: int | None = Field(
+        default=None, ge=16, description="Token budget of a packed micro-batch (default: micro x longest)."
+    )
+    max_steps: int | None = Field(default=None, ge=1, description="Stop after this many optimizer steps.")
+    seed: int = Field(default=42, ge=0, description="Seed for data order, dropout and init.")
+    eval_every_steps: int | None = Field(default=None, ge=1, description="Evaluate every N steps (and at the end).")
+    save_every_steps: int | None = Field(default=None, ge=1, description="Checkpoint every N steps (and at the end).")
+    logging_steps: int = Field(default=1, ge=1, description="Log a JSON line every N steps.")
+    loss_chunk_size: int = Field(
+        default=1024, ge=16, description="Tokens per chunk of the fused output-projection + loss."
+    )
+
+    @model_validator(mode="after")
+    def _batch_consistent(self) -> TrainingSpec:
+        accum = self.gradient_accumulation_steps
+        if self.batch_size is not None and self.micro_batch_size is not None:
+            if self.batch_size % (self.micro_batch_size * accum) != 0:
+                raise ValueError(
+                    f"batchSize ({self.batch_size}) must be a multiple of microBatchSize x "
+                    f"gradientAccumulationSteps ({self.micro_batch_size} x {accum})"
+                )
+        elif self.batch_size is not None and self.batch_size % accum != 0:
+            raise ValueError(
+                f"batchSize ({self.batch_size}) must be a multiple of gradientAccumulationSteps ({accum})"
+            )
+        return self
+
+    def resolved_micro_batch(self, world_size: int = 1) -> int:
+        """Micro-batch per process: given, or batchSize / (accumulation x processes), or 4."""
+        if self.micro_batch_size is not None:
+            return self.micro_batch_size
+        if self.batch_size is None:
+            return 4
+        per = self.batch_size // (self.gradient_accumulation_steps * world_size)
+        if per < 1 or per * self.gradient_accumulation_steps * world_size != self.batch_size:
+            raise ValueError(
+                f"training.batchSize {self.batch_size} is not divisible by gradientAccumulationSteps "
+                f"x processes ({self.gradient_accumulation_steps} x {world_size})"
+            )
+        return per
+
+
+class OutputSpec(ApiModel):
+    """Where the adapter, checkpoints and summary are written."""
+
+    path: str | None = Field(default=None, description="Local directory (kubetune train).")
+    pvc: PvcRef | None = Field(default=None, description="A PersistentVolumeClaim folder.")
+    uri: str | None = Field(default=None, description="A URI the image can write to.")
+
+
+class ResourcesSpec(ApiModel):
+    """Pods, GPUs and placement (Kubernetes only)."""
+
+    gpus_per_node: int = Field(default=1, ge=0, le=16, description="nvidia.com/gpu per pod; one process per GPU.")
+    nodes: int = Field(default=1, ge=1, le=128, description="Pods (nodes); >1 uses an Indexed Job and torchrun rendezvous.")
+    node_selector: dict[str, str] | None = Field(default=None, description="Node labels the pods require.")
+    tolerations: list[dict[str, str]] | None = Field(default=None, description="Pod tolerations.")
+    resources: dict[str, dict[str, str]] | None = Field(
+        default=None, description="Container requests/limits besides the GPUs (cpu, memory)."
+    )
+    image: str | None = Field(default=None, description="Trainer image (default: the operator's setting).")
+
+
+class RetrySpec(ApiModel):
+    """What the operator does when an attempt fails."""
+
+    max_retries: int = Field(default=2, ge=0, le=20, description="Further attempts after the first.")
+    on_out_of_memory: bool = Field(
+        default=True,
+        description="On OOM halve microBatchSize and double gradientAccumulationSteps (same effective batch).",
+    )
+    on_na_n: bool = Field(
+        default=True,
+        alias="onNaN",
+        description="On NaN/inf loss roll back to the last good checkpoint with the learning rate halved.",
+    )
+
+
+class FineTuneJobSpec(ApiModel):
+    """What a FineTuneJob asks for."""
+
+    model: ModelSpec = Field(description="The base model.")
+    dataset: DatasetSpec = Field(description="Training and evaluation data.")
+    method: MethodSpec = Field(default_factory=MethodSpec, description="The PEFT method.")
+    training: TrainingSpec = Field(default_factory=TrainingSpec, description="Optimisation settings.")
+    resources: ResourcesSpec = Field(default_factory=ResourcesSpec, description="GPUs and placement.")
+    output: OutputSpec = Field(default_factory=OutputSpec, description="Where results go.")
+    retry: RetrySpec = Field(default_factory=RetrySpec, description="Automatic retries.")
+    suspend: bool = Field(default=False, description="true stops the running pod and keeps checkpoints.")
+    pending_timeout_seconds: int | None = Field(
+        default=None, ge=1, description="Fail the job if its pod stays Pending this long."
+    )

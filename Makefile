@@ -30,10 +30,13 @@ test-e2e: setup ## Real local control plane (builds it on first use)
 test: setup ## Every tier: unit, integration, e2e (what CI runs)
 	$(VENV)/bin/pytest -q -m 'not slow or slow' -p no:cacheprovider tests
 
+crds: setup ## Regenerate the CRDs from the pydantic schema (manifests/crds)
+	PYTHONPATH=operator $(PY) -m kubetune_api.crd --out manifests/crds
+
 cluster-up: ## Start the local control plane (kube-apiserver, etcd, controller-manager, scheduler, kwok GPU nodes)
 	hack/cluster.sh up
 
 cluster-down: ## Stop the local control plane and remove its state
 	hack/cluster.sh down
 
-.PHONY: help setup lint test test-unit test-integration test-e2e cluster-up cluster-down
+.PHONY: help setup lint crds test test-unit test-integration test-e2e cluster-up cluster-down

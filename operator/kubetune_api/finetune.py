@@ -103,7 +103,8 @@ class DatasetSpec(ApiModel):
         description="fail: stop with the line number and reason; skip: skip the line and count it.",
     )
     mixture: list[MixtureEntry] | None = Field(
-        default=None, description="Several weighted datasets trained jointly (multi-task)."
+        default=None,
+        max_length=32, description="Several weighted datasets trained jointly (multi-task)."
     )
 
     @model_validator(mode="after")
@@ -124,6 +125,7 @@ class MethodSpec(ApiModel):
     alpha: float = Field(default=16.0, gt=0, description="LoRA scaling numerator (scale = alpha / rank).")
     dropout: float = Field(default=0.05, ge=0, lt=1, description="Dropout on the adapter input.")
     target_modules: list[str] = Field(
+        max_length=64,
         default_factory=lambda: list(DEFAULT_TARGET_MODULES),
         min_length=1,
         description="Module names LoRA wraps (default: all attention and MLP projections).",
@@ -226,14 +228,36 @@ class OutputSpec(ApiModel):
     uri: str | None = Field(default=None, description="A URI the image can write to.")
 
 
+Quantity = int | str
+
+
+class Toleration(ApiModel):
+    """A pod toleration (as in core/v1)."""
+
+    key: str | None = Field(default=None, description="Taint key; empty with operator Exists matches all.")
+    operator: Literal["Exists", "Equal"] = Field(default="Equal", description="Exists or Equal.")
+    value: str | None = Field(default=None, description="Taint value for operator Equal.")
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
+        default=None, description="Taint effect to match; empty matches all."
+    )
+    toleration_seconds: int | None = Field(default=None, description="For NoExecute: how long to stay bound.")
+
+
+class ComputeResources(ApiModel):
+    """Container requests and limits besides GPUs, e.g. {requests: {cpu: 8, memory: 64Gi}}."""
+
+    requests: dict[str, Quantity] | None = Field(default=None, description="Minimum resources (cpu, memory, ...).")
+    limits: dict[str, Quantity] | None = Field(default=None, description="Maximum resources (cpu, memory, ...).")
+
+
 class ResourcesSpec(ApiModel):
     """Pods, GPUs and placement (Kubernetes only)."""
 
     gpus_per_node: int = Field(default=1, ge=0, le=16, description="nvidia.com/gpu per pod; one process per GPU.")
     nodes: int = Field(default=1, ge=1, le=128, description="Pods (nodes); >1 uses an Indexed Job and torchrun rendezvous.")
     node_selector: dict[str, str] | None = Field(default=None, description="Node labels the pods require.")
-    tolerations: list[dict[str, str]] | None = Field(default=None, description="Pod tolerations.")
-    resources: dict[str, dict[str, str]] | None = Field(
+    tolerations: list[Toleration] | None = Field(default=None, max_length=32, description="Pod tolerations.")
+    resources: ComputeResources | None = Field(
         default=None, description="Container requests/limits besides the GPUs (cpu, memory)."
     )
     image: str | None = Field(default=None, description="Trainer image (default: the operator's setting).")

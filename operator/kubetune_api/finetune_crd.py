@@ -1,0 +1,72 @@
+"""The FineTuneJob CRD: printer columns and CEL rules layered on the generated schema.
+
+Called by `kubetune_api.crd` (make crds) and by tests that install the CRD.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kubetune_api.crd import build_crd
+from kubetune_api.finetune import FineTuneJobSpec
+from kubetune_api.status import FineTuneJobStatus
+
+COLUMNS = [
+    {"name": "Phase", "type": "string", "jsonPath": ".status.phase", "description": "Lifecycle phase."},
+    {"name": "Progress", "type": "string", "jsonPath": ".status.progress.percent",
+     "description": "Percent of training steps done."},
+    {"name": "Loss", "type": "number", "jsonPath": ".status.metrics.trainLoss", "description": "Latest training loss."},
+    {"name": "Eval-Loss", "type": "number", "jsonPath": ".status.metrics.evalLoss", "description": "Latest eval loss."},
+    {"name": "ETA", "type": "string", "jsonPath": ".status.progress.etaSeconds", "description": "Seconds left."},
+    {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+    {"name": "Method", "type": "string", "jsonPath": ".spec.method.type", "priority": 1},
+    {"name": "Model", "type": "string", "jsonPath": ".spec.model.name", "priority": 1},
+    {"name": "GPUs", "type": "integer", "jsonPath": ".spec.resources.gpusPerNode", "priority": 1},
+    {"name": "Step", "type": "integer", "jsonPath": ".status.progress.step", "priority": 1},
+    {"name": "Attempts", "type": "integer", "jsonPath": ".status.attempts[-1:].index", "priority": 1},
+    {"name": "Message", "type": "string", "jsonPath": ".status.message", "priority": 1},
+]
+
+ONE_SOURCE = {
+    "rule": "[has(self.path), has(self.pvc), has(self.configMap), has(self.uri)].filter(x, x).size() == 1",
+    "message": "set exactly one of path, pvc, configMap, uri",
+}
+IMMUTABLE = "is immutable: create a new FineTuneJob to change it"
+
+
+def _immutable(field: str) -> dict[str, Any]:
+    return {"rule": "self == oldSelf", "message": f"spec.{field} {IMMUTABLE}"}
+
+
+RULES: dict[str, list[dict[str, Any]]] = {
+    "model": [_immutable("model")],
+    "dataset": [
+        _immutable("dataset"),
+        {"rule": "has(self.train) || (has(self.mixture) && size(self.mixture) > 0)",
+         "message": "set train (or mixture): there is no training data"},
+    ],
+    "dataset.train": [ONE_SOURCE],
+    "dataset.eval": [ONE_SOURCE],
+    "method": [_immutable("method")],
+    "training": [
+        _immutable("training"),
+        {"rule": "!has(self.batchSize) || self.batchSize % self.gradientAccumulationSteps == 0",
+         "message": "batchSize must be a multiple of gradientAccumulationSteps"},
+        {"rule": "!has(self.batchSize) || !has(self.microBatchSize) || "
+                 "self.batchSize % (self.microBatchSize * self.gradientAccumulationSteps) == 0",
+         "message": "batchSize must be a multiple of microBatchSize x gradientAccumulationSteps"},
+    ],
+}
+
+
+def finetunejob_crd() -> dict[str, Any]:
+    return build_crd(
+        kind="FineTuneJob",
+        plural="finetunejobs",
+        short="ftj",
+        spec=FineTuneJobSpec,
+        status=FineTuneJobStatus,
+        columns=COLUMNS,
+        rules=RULES,
+        doc="FineTuneJob fine-tunes a Qwen3 model with a PEFT method on GPU pods and reports progress.",
+    )

@@ -1,0 +1,82 @@
+"""FineTuneJob status: written by the operator (phase, conditions, attempts) and the trainer
+(progress, metrics) through the status subresource; read by `kubectl get` printer columns.
+
+The schema is explicit (no preserve-unknown-fields), so a typo in a status patch is an error
+instead of a silently missing column.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from kubetune_api.base import ApiModel
+
+Phase = Literal["Pending", "Running", "Retrying", "Succeeded", "Failed", "Suspended"]
+
+
+class Condition(ApiModel):
+    """A Kubernetes-style condition (type, status, reason, message, lastTransitionTime)."""
+
+    type: str = Field(description="Condition type, e.g. Ready, Scheduled, Failed.")
+    status: Literal["True", "False", "Unknown"] = Field(description="True, False or Unknown.")
+    reason: str | None = Field(default=None, description="CamelCase reason, e.g. Unschedulable, OOMKilled, NaNLoss.")
+    message: str | None = Field(default=None, description="Human-readable details.")
+    last_transition_time: str | None = Field(default=None, description="When the status last changed (RFC 3339).")
+    observed_generation: int | None = Field(default=None, description="Spec generation this condition is about.")
+
+
+class Progress(ApiModel):
+    """Training progress, written by the trainer's status reporter."""
+
+    step: int = Field(default=0, description="Optimizer steps done.")
+    total_steps: int = Field(default=0, description="Optimizer steps planned.")
+    epoch: float = Field(default=0.0, description="Epochs done (fractional).")
+    percent: float = Field(default=0.0, description="step / totalSteps x 100.")
+    eta_seconds: float | None = Field(default=None, description="Estimated seconds left.")
+
+
+class Metrics(ApiModel):
+    """Latest training metrics, written by the trainer's status reporter."""
+
+    train_loss: float | None = Field(default=None, description="Loss of the latest logged step.")
+    eval_loss: float | None = Field(default=None, description="Loss on the eval set at the latest evaluation.")
+    tokens_per_second: float | None = Field(default=None, description="Real (non-pad) tokens per second, all processes.")
+    learning_rate: float | None = Field(default=None, description="Current learning rate.")
+
+
+class Attempt(ApiModel):
+    """One try of the training Job, and why the next one differs."""
+
+    index: int = Field(description="0 for the first attempt.")
+    job_name: str = Field(description="The batch/v1 Job of this attempt.")
+    start_time: str | None = Field(default=None, description="When the attempt's Job was created.")
+    completion_time: str | None = Field(default=None, description="When the attempt ended.")
+    result: str | None = Field(default=None, description="Succeeded, or the failure reason (OutOfMemory, NaNLoss, ...).")
+    message: str | None = Field(default=None, description="Failure message from the trainer's termination log.")
+    changes: dict[str, str] | None = Field(
+        default=None, description="Config changed for this attempt (field -> new value), e.g. microBatchSize."
+    )
+
+
+class OutputStatus(ApiModel):
+    """Where the results are."""
+
+    adapter_path: str | None = Field(default=None, description="The trained adapter (PEFT format).")
+    checkpoint_step: int | None = Field(default=None, description="Step of the latest checkpoint.")
+
+
+class FineTuneJobStatus(ApiModel):
+    """Observed state of a FineTuneJob."""
+
+    phase: Phase | None = Field(default=None, description="Pending, Running, Retrying, Succeeded, Failed or Suspended.")
+    conditions: list[Condition] | None = Field(default=None, max_length=32, description="Latest observations.")
+    progress: Progress | None = Field(default=None, description="Training progress.")
+    metrics: Metrics | None = Field(default=None, description="Latest training metrics.")
+    attempts: list[Attempt] | None = Field(default=None, max_length=64, description="Every attempt, oldest first.")
+    output: OutputStatus | None = Field(default=None, description="Where the results are.")
+    start_time: str | None = Field(default=None, description="When the first attempt started.")
+    completion_time: str | None = Field(default=None, description="When the job succeeded or failed.")
+    observed_generation: int | None = Field(default=None, description="The spec generation last reconciled.")
+    message: str | None = Field(default=None, description="One-line summary of the current state.")

@@ -1,0 +1,74 @@
+"""The run summary (`summary.json`): metrics, data counts, speed, memory, versions, hashes.
+
+Everything a reviewer needs to trust or reproduce a run: what data went in and what was
+dropped (and why), what trained, how fast, how much memory, which code. Written by the main
+process at the end of `train.run`; `kubetune` prints its metrics.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import sys
+from importlib import metadata
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+if TYPE_CHECKING:
+    from kubetune_trainer.train import Loop
+
+
+def peak_memory_bytes(device: torch.device) -> int:
+    """Peak device memory on CUDA; peak resident set size of this process on CPU."""
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+
+
+def versions() -> dict[str, str]:
+    found = {"python": sys.version.split()[0]}
+    for dist in ("kubetune", "torch", "transformers", "peft", "accelerate", "bitsandbytes"):
+        try:
+            found[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            found[dist] = "absent"
+    return found
+
+
+def build(loop: Loop, info: Any, total_steps: int, adapter_dir: Path) -> dict[str, Any]:
+    padded = max(loop.padded_tokens, 1)
+    metrics: dict[str, float] = {"train_loss": loop.last_loss, **loop.eval_metrics}
+    return {
+        "metrics": metrics,
+        "steps": loop.state.global_step,
+        "total_steps": total_steps,
+        "epochs": loop.t.epochs,
+        "world_size": loop.rt.world_size,
+        "micro_batch_size": loop.micro,
+        "gradient_accumulation_steps": loop.accum,
+        "tokens_per_second": loop.real_tokens / max(loop.train_seconds, 1e-9),
+        "real_tokens": loop.real_tokens,
+        "padding_fraction": 1.0 - loop.real_tokens / padded if loop.padded_tokens else 0.0,
+        "train_seconds": loop.train_seconds,
+        "peak_memory_bytes": peak_memory_bytes(loop.rt.device),
+        "trainable_parameters": info.trainable_params,
+        "total_parameters": info.total_params,
+        "trainable_fraction": info.trainable_fraction,
+        "method_notes": list(info.notes),
+        "data": {name: stats.to_dict() for name, stats in loop.data.stats.items()},
+        "data_hash": loop.data.data_hash,
+        "config_hash": loop.cfg.config_hash(),
+        "config": loop.cfg.to_wire(),
+        "adapter_path": str(adapter_dir),
+        "versions": versions(),
+    }
+
+
+def write(output: Path, summary: dict[str, Any]) -> Path:
+    path = output / "summary.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(summary, indent=2, ensure_ascii=False), encoding="utf-8")
+    tmp.replace(path)
+    return path

@@ -1,0 +1,288 @@
+#!/usr/bin/env bash
+# Local Kubernetes control plane for Kubetune's tests: real etcd, kube-apiserver,
+# kube-controller-manager and kube-scheduler run as plain processes on loopback, and kwok
+# plays the kubelets of a few fake nodes (GPU nodes advertise nvidia.com/gpu). No Docker.
+#
+#   hack/cluster.sh up       build missing binaries (cached), start everything, create nodes
+#   hack/cluster.sh down     stop every process `up` started and delete the cluster state
+#   hack/cluster.sh status   say what runs; exit 1 unless the whole cluster is up
+#   hack/cluster.sh env      print `export KUBECONFIG=... PATH=<pinned kubectl, helm>:$PATH`
+#
+# Called by `make cluster-up` / `make cluster-down` and by the e2e fixture in
+# tests/e2e/conftest.py. Settings (environment, all optional):
+#   KUBETUNE_CACHE           cache root                         (~/.cache/kubetune)
+#   KUBETUNE_CLUSTER_DIR     state: pki, etcd data, kubeconfig  ($KUBETUNE_CACHE/cluster)
+#   KUBETUNE_APISERVER_PORT  kube-apiserver https               (26443)
+#   KUBETUNE_ETCD_PORT       etcd clients; peers use PORT+1     (22379)
+#   KUBETUNE_KCM_PORT, KUBETUNE_SCHEDULER_PORT, KUBETUNE_KWOK_PORT  health endpoints
+#                                                               (20257, 20259, 20247)
+#   KUBETUNE_GPU_NODES, KUBETUNE_GPUS_PER_NODE, KUBETUNE_CPU_NODES  fake nodes (2, 8, 1)
+# Ports sit below Linux's ephemeral range (32768+) so outgoing connections never take them.
+# shellcheck source-path=SCRIPTDIR
+set -euo pipefail
+
+HACK_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+KUBETUNE_CACHE=${KUBETUNE_CACHE:-$HOME/.cache/kubetune}
+CLUSTER_DIR=${KUBETUNE_CLUSTER_DIR:-$KUBETUNE_CACHE/cluster}
+LOG_DIR="$KUBETUNE_CACHE/logs"   # outside CLUSTER_DIR so logs survive `down` for debugging
+APISERVER_PORT=${KUBETUNE_APISERVER_PORT:-26443}
+ETCD_PORT=${KUBETUNE_ETCD_PORT:-22379}
+KCM_PORT=${KUBETUNE_KCM_PORT:-20257}
+SCHEDULER_PORT=${KUBETUNE_SCHEDULER_PORT:-20259}
+KWOK_PORT=${KUBETUNE_KWOK_PORT:-20247}
+GPU_NODES=${KUBETUNE_GPU_NODES:-2}
+GPUS_PER_NODE=${KUBETUNE_GPUS_PER_NODE:-8}
+CPU_NODES=${KUBETUNE_CPU_NODES:-1}
+
+# Start order; `down` stops them in reverse.
+COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok)
+
+info() { echo "cluster.sh: $*" >&2; }
+die() { echo "cluster.sh: error: $*" >&2; exit 1; }
+
+# shellcheck source=lib/build.sh
+source "$HACK_DIR/lib/build.sh"
+# shellcheck source=lib/pki.sh
+source "$HACK_DIR/lib/pki.sh"
+# shellcheck source=lib/nodes.sh
+source "$HACK_DIR/lib/nodes.sh"
+
+BIN_DIR="$KUBETUNE_CACHE/bin/$(bin_version)"
+PKI_DIR="$CLUSTER_DIR/pki"
+PID_DIR="$CLUSTER_DIR/pids"
+KUBECONFIG_PATH="$CLUSTER_DIR/kubeconfig"
+
+# --- processes ---------------------------------------------------------------------------
+
+# start_component NAME ARGS...: run $BIN_DIR/NAME detached (own session, so a Ctrl-C in the
+# caller's terminal does not reach it), output to $LOG_DIR/NAME.log, pid to $PID_DIR/NAME.pid.
+start_component() {
+  local name=$1
+  shift
+  setsid "$BIN_DIR/$name" "$@" >"$LOG_DIR/$name.log" 2>&1 </dev/null &
+  echo $! >"$PID_DIR/$name.pid"
+}
+
+# is_ours PID: the process runs one of our cached binaries for this cluster's state dir.
+# Guards against killing an unrelated process that reused a stale pid.
+is_ours() {
+  local pid=$1 exe args
+  exe=$(readlink "/proc/$pid/exe" 2>/dev/null) || return 1
+  [[ $exe == "$KUBETUNE_CACHE/bin/"* ]] || return 1
+  args=$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null) || return 1
+  [[ $args == *"$CLUSTER_DIR/"* ]]
+}
+
+# component_pid NAME: the pid of a live component, or nothing.
+component_pid() {
+  local file="$PID_DIR/$1.pid" pid
+  [[ -f $file ]] || return 0
+  pid=$(<"$file")
+  if is_ours "$pid"; then echo "$pid"; fi
+}
+
+# Processes of ours whose pid file is gone (an earlier run that crashed mid-way).
+stray_pids() {
+  local dir pid
+  for dir in /proc/[0-9]*; do
+    pid=${dir#/proc/}
+    if [[ $pid != "$$" ]] && is_ours "$pid"; then echo "$pid"; fi
+  done
+}
+
+# stop_pid PID: TERM, then KILL after 10 s.
+stop_pid() {
+  local pid=$1 i
+  kill -TERM "$pid" 2>/dev/null || return 0
+  for ((i = 0; i < 50; i++)); do
+    is_ours "$pid" || return 0
+    sleep 0.2
+  done
+  kill -KILL "$pid" 2>/dev/null || true
+}
+
+# wait_until SECONDS WHAT COMMAND...: poll COMMAND until it succeeds; on timeout, die.
+wait_until() {
+  local timeout=$1 what=$2 deadline=$((SECONDS + $1))
+  shift 2
+  until "$@" >/dev/null 2>&1; do
+    ((SECONDS < deadline)) || die "timed out after ${timeout}s waiting for $what (logs: $LOG_DIR)"
+    sleep 0.2
+  done
+}
+
+port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+healthy() { curl -skf --max-time 2 "$1" >/dev/null; }
+
+kubectl_admin() { "$BIN_DIR/kubectl" --kubeconfig "$KUBECONFIG_PATH" "$@"; }
+
+# --- components --------------------------------------------------------------------------
+
+start_etcd() {
+  # --unsafe-no-fsync: the data is thrown away at `down`; fsync would only slow tests.
+  start_component etcd --name kubetune --data-dir "$CLUSTER_DIR/etcd" \
+    --listen-client-urls "http://127.0.0.1:$ETCD_PORT" \
+    --advertise-client-urls "http://127.0.0.1:$ETCD_PORT" \
+    --listen-peer-urls "http://127.0.0.1:$((ETCD_PORT + 1))" \
+    --initial-advertise-peer-urls "http://127.0.0.1:$((ETCD_PORT + 1))" \
+    --initial-cluster "kubetune=http://127.0.0.1:$((ETCD_PORT + 1))" \
+    --unsafe-no-fsync --log-level warn
+  wait_until 30 etcd healthy "http://127.0.0.1:$ETCD_PORT/health"
+}
+
+start_apiserver() {
+  start_component kube-apiserver \
+    --etcd-servers "http://127.0.0.1:$ETCD_PORT" \
+    --bind-address 127.0.0.1 --secure-port "$APISERVER_PORT" --advertise-address 127.0.0.1 \
+    --endpoint-reconciler-type none \
+    --tls-cert-file "$PKI_DIR/apiserver.crt" --tls-private-key-file "$PKI_DIR/apiserver.key" \
+    --client-ca-file "$PKI_DIR/ca.crt" --authorization-mode Node,RBAC \
+    --service-account-issuer https://kubernetes.default.svc.cluster.local \
+    --service-account-key-file "$PKI_DIR/sa.pub" \
+    --service-account-signing-key-file "$PKI_DIR/sa.key" \
+    --service-cluster-ip-range 10.96.0.0/16 --allow-privileged=true
+  wait_until 90 kube-apiserver kubectl_admin get --raw /readyz
+}
+
+start_controller_manager() {
+  start_component kube-controller-manager \
+    --kubeconfig "$CLUSTER_DIR/controller-manager.kubeconfig" \
+    --authentication-kubeconfig "$CLUSTER_DIR/controller-manager.kubeconfig" \
+    --authorization-kubeconfig "$CLUSTER_DIR/controller-manager.kubeconfig" \
+    --bind-address 127.0.0.1 --secure-port "$KCM_PORT" --leader-elect=false \
+    --use-service-account-credentials=true \
+    --service-account-private-key-file "$PKI_DIR/sa.key" --root-ca-file "$PKI_DIR/ca.crt"
+}
+
+start_scheduler() {
+  start_component kube-scheduler \
+    --kubeconfig "$CLUSTER_DIR/scheduler.kubeconfig" \
+    --authentication-kubeconfig "$CLUSTER_DIR/scheduler.kubeconfig" \
+    --authorization-kubeconfig "$CLUSTER_DIR/scheduler.kubeconfig" \
+    --bind-address 127.0.0.1 --secure-port "$SCHEDULER_PORT" --leader-elect=false
+}
+
+start_kwok() {
+  start_component kwok --kubeconfig "$CLUSTER_DIR/kwok.kubeconfig" \
+    --config "$BIN_DIR/kwok-stages.yaml" \
+    --manage-all-nodes=false --manage-nodes-with-annotation-selector kwok.x-k8s.io/node=fake \
+    --cidr 10.244.0.0/16 --node-ip 10.0.0.1 \
+    --server-address "127.0.0.1:$KWOK_PORT" --node-lease-duration-seconds 40
+}
+
+# --- commands ----------------------------------------------------------------------------
+
+# True when every component runs and the API server is ready.
+cluster_running() {
+  local name
+  for name in "${COMPONENTS[@]}"; do
+    [[ -n $(component_pid "$name") ]] || return 1
+  done
+  kubectl_admin get --raw /readyz >/dev/null 2>&1
+}
+
+ensure_binaries() {
+  local start=$SECONDS
+  if binaries_complete "$BIN_DIR"; then
+    info "binaries: cached in $BIN_DIR"
+  else
+    build_binaries "$BIN_DIR" "$LOG_DIR/build-$(bin_version).log"
+    info "binaries: built in $((SECONDS - start))s into $BIN_DIR"
+  fi
+}
+
+check_ports_free() {
+  local port
+  for port in "$APISERVER_PORT" "$ETCD_PORT" "$((ETCD_PORT + 1))" "$KCM_PORT" \
+              "$SCHEDULER_PORT" "$KWOK_PORT"; do
+    port_free "$port" || die "127.0.0.1:$port is taken by another process; override the KUBETUNE_*_PORT settings (see the top of $0)"
+  done
+}
+
+write_kubeconfigs() {
+  local server="https://127.0.0.1:$APISERVER_PORT"
+  write_kubeconfig "$KUBECONFIG_PATH" "$PKI_DIR" admin "$server"
+  write_kubeconfig "$CLUSTER_DIR/controller-manager.kubeconfig" "$PKI_DIR" controller-manager "$server"
+  write_kubeconfig "$CLUSTER_DIR/scheduler.kubeconfig" "$PKI_DIR" scheduler "$server"
+  write_kubeconfig "$CLUSTER_DIR/kwok.kubeconfig" "$PKI_DIR" kwok "$server"
+}
+
+cmd_up() {
+  mkdir -p "$LOG_DIR"
+  ensure_binaries
+  if cluster_running; then
+    info "already running; $KUBECONFIG_PATH"
+    return 0
+  fi
+  cmd_down # a half-started or crashed earlier run: clear it first
+  check_ports_free
+  local start=$SECONDS
+  mkdir -p "$PID_DIR"
+  generate_pki "$PKI_DIR"
+  write_kubeconfigs
+  start_etcd
+  start_apiserver
+  start_controller_manager
+  start_scheduler
+  start_kwok
+  wait_until 60 kube-controller-manager healthy "https://127.0.0.1:$KCM_PORT/healthz"
+  wait_until 60 kube-scheduler healthy "https://127.0.0.1:$SCHEDULER_PORT/healthz"
+  wait_until 60 kwok healthy "http://127.0.0.1:$KWOK_PORT/healthz"
+  nodes_manifest "$GPU_NODES" "$GPUS_PER_NODE" "$CPU_NODES" | kubectl_admin apply -f - >/dev/null
+  wait_until 60 "fake nodes Ready" kubectl_admin wait --for=condition=Ready node --all --timeout=1s
+  # Pods need their namespace's default service account, made by the controller-manager.
+  wait_until 60 "default service account" kubectl_admin get serviceaccount default -n default
+  info "started in $((SECONDS - start))s: $GPU_NODES GPU node(s) x $GPUS_PER_NODE GPUs, $CPU_NODES CPU node(s)"
+  info "use it: eval \"\$($0 env)\""
+}
+
+cmd_down() {
+  local i name pid
+  for ((i = ${#COMPONENTS[@]} - 1; i >= 0; i--)); do
+    name=${COMPONENTS[i]}
+    pid=$(component_pid "$name")
+    if [[ -n $pid ]]; then stop_pid "$pid"; fi
+  done
+  for pid in $(stray_pids); do
+    info "stopping leftover process $pid"
+    stop_pid "$pid"
+  done
+  rm -rf "$CLUSTER_DIR"
+}
+
+cmd_status() {
+  local name pid ok=0
+  for name in "${COMPONENTS[@]}"; do
+    pid=$(component_pid "$name")
+    if [[ -n $pid ]]; then
+      printf '%-24s running (pid %s)\n' "$name" "$pid"
+    else
+      printf '%-24s stopped\n' "$name"
+      ok=1
+    fi
+  done
+  if ((ok == 0)) && kubectl_admin get --raw /readyz >/dev/null 2>&1; then
+    echo "cluster up: KUBECONFIG=$KUBECONFIG_PATH (binaries: $BIN_DIR)"
+  else
+    echo "cluster not (fully) up"
+    return 1
+  fi
+}
+
+cmd_env() {
+  echo "export KUBECONFIG=\"$KUBECONFIG_PATH\""
+  echo "export PATH=\"$BIN_DIR:\$PATH\""
+}
+
+main() {
+  case "${1:-}" in
+    up) cmd_up ;;
+    down) cmd_down ;;
+    status) cmd_status ;;
+    env) cmd_env ;;
+    *) sed -n '2,22p' "$0" >&2; exit 2 ;;
+  esac
+}
+
+main "$@"

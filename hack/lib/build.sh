@@ -1,0 +1,75 @@
+# shellcheck shell=bash
+# Builds the pinned control-plane binaries from the Go module proxy.
+#
+# Sourced by hack/cluster.sh, which sets HACK_DIR and KUBETUNE_CACHE. Everything named in
+# the `tool` block of hack/tools/go.mod (kube-apiserver, kube-controller-manager,
+# kube-scheduler, kubectl, etcd, kwok, kwokctl, helm) is built in ONE `go build`, so the
+# Kubernetes packages they share compile once. The result lands in
+# $KUBETUNE_CACHE/bin/<version>/, where <version> is the Kubernetes release plus a hash of
+# go.mod and go.sum: bump a pin and the next `up` builds a fresh directory.
+
+TOOLS_DIR="$HACK_DIR/tools"
+
+# The binaries a complete build directory holds (kwok-stages.yaml is written beside them).
+BINARIES=(kube-apiserver kube-controller-manager kube-scheduler kubectl etcd kwok kwokctl helm)
+
+# Kubernetes release pinned in hack/tools/go.mod, e.g. v1.36.3.
+kube_version() {
+  awk '$1 == "k8s.io/kubernetes" { print $2 }' "$TOOLS_DIR/go.mod"
+}
+
+# Cache key: readable release plus a hash of every pin (go.mod without its comments, go.sum),
+# so any bump rebuilds.
+bin_version() {
+  local hash
+  hash=$({ grep -v '^//' "$TOOLS_DIR/go.mod"; cat "$TOOLS_DIR/go.sum"; } | sha256sum | cut -c1-12)
+  echo "$(kube_version)-$hash"
+}
+
+# True when every binary and the kwok stage file are present in $1.
+binaries_complete() {
+  local dir=$1 name
+  for name in "${BINARIES[@]}" kwok-stages.yaml; do
+    [[ -e "$dir/$name" ]] || return 1
+  done
+}
+
+# Builds into a temporary sibling and renames it at the end, so an interrupted build never
+# leaves a directory that looks complete. Output goes to $2 (the build log).
+build_binaries() {
+  local dest=$1 build_log=$2 tmp="$1.partial.$$"
+  command -v go >/dev/null || die "Go >= 1.26 is needed to build the control plane (binaries missing from $dest)"
+  rm -rf "$tmp" && mkdir -p "$tmp" "$(dirname "$build_log")"
+  info "building Kubernetes $(kube_version), etcd, kwok and helm (log: $build_log)"
+  # CGO off: static binaries, no C toolchain needed. GOTOOLCHAIN=local: fail clearly rather
+  # than download a toolchain. -mod=readonly: go.mod/go.sum are committed and complete.
+  if ! (cd "$TOOLS_DIR" && CGO_ENABLED=0 GOTOOLCHAIN=local GOFLAGS="${GOFLAGS:-} -mod=readonly" \
+        go build -trimpath -ldflags='-s -w' -o "$tmp/" tool) >"$build_log" 2>&1; then
+    rm -rf "$tmp"
+    tail -n 20 "$build_log" >&2
+    die "build failed; full log: $build_log"
+  fi
+  # etcd's main package is the root of module go.etcd.io/etcd/server/v3, so Go names it "server".
+  mv "$tmp/server" "$tmp/etcd"
+  write_kwok_stages "$tmp/kwok-stages.yaml"
+  rm -rf "$dest" && mv "$tmp" "$dest"
+}
+
+# kwok (the binary, unlike kwokctl) has no built-in stages: it simulates exactly the Stage
+# objects in its --config. We take upstream's stage files from the pinned kwok module:
+#   node-initialize, node-heartbeat-with-lease  -> fake nodes become and stay Ready;
+#   pod-ready                                    -> a Pending pod on a kwok node becomes Running;
+#   pod-delete                                   -> a deleted pod really goes away.
+# Deliberately left out: pod-complete, which would flip every Running Job pod to Succeeded.
+# Tests drive completion themselves (patch the pod status to terminated with an exit code and
+# message, as a kubelet would), and no stage matches a pod once it has left Pending, so kwok
+# never overwrites such a patch.
+write_kwok_stages() {
+  local out=$1 kwok_dir stage
+  kwok_dir=$(cd "$TOOLS_DIR" && GOTOOLCHAIN=local go list -m -f '{{.Dir}}' sigs.k8s.io/kwok)
+  : >"$out"
+  for stage in node/fast/node-initialize node/heartbeat-with-lease/node-heartbeat-with-lease \
+               pod/fast/pod-ready pod/fast/pod-delete; do
+    { echo "---"; cat "$kwok_dir/kustomize/stage/$stage.yaml"; } >>"$out"
+  done
+}

@@ -7,8 +7,8 @@ read the same classes, so a field exists (with its description, bounds and defau
 
 from kubetune_api.errors import ConfigError
 from kubetune_api.finetune import (
-    DataSource,
     DatasetSpec,
+    DataSource,
     FineTuneJobSpec,
     MethodSpec,
     ModelSpec,

@@ -49,7 +49,9 @@ def _clean(node: Json) -> Json:
     """Rewrite one resolved node into the structural-schema dialect."""
     node.pop("title", None)
     if node.get("additionalProperties") is False:
-        node.pop("additionalProperties")  # structural schemas prune unknown fields; kubectl rejects them
+        node.pop(
+            "additionalProperties"
+        )  # structural schemas prune unknown fields; kubectl rejects them
     non_null = [s for s in node.get("anyOf", []) if s.get("type") != "null"]
     if sorted(s.get("type", "") for s in non_null) == ["integer", "string"]:
         non_null = [{"x-kubernetes-int-or-string": True}]
@@ -126,15 +128,27 @@ def _description(model: type[BaseModel]) -> str:
     return (model.__doc__ or "").strip().splitlines()[0]
 
 
-def build_crd(*, kind: str, plural: str, short: str, spec: type[BaseModel], status: type[BaseModel],
-              columns: list[Json], rules: dict[str, list[Json]], doc: str) -> Json:
+def build_crd(
+    *,
+    kind: str,
+    plural: str,
+    short: str,
+    spec: type[BaseModel],
+    status: type[BaseModel],
+    columns: list[Json],
+    rules: dict[str, list[Json]],
+    doc: str,
+) -> Json:
     """A complete apiextensions.k8s.io/v1 CustomResourceDefinition."""
     root = {
         "type": "object",
         "description": doc,
         "required": ["spec"],
         "properties": {
-            "apiVersion": {"type": "string", "description": "APIVersion of this object (kubetune.io/v1alpha1)."},
+            "apiVersion": {
+                "type": "string",
+                "description": "APIVersion of this object (kubetune.io/v1alpha1).",
+            },
             "kind": {"type": "string", "description": f"Kind of this object ({kind})."},
             "metadata": {"type": "object"},
             "spec": {**openapi_schema(spec, rules), "description": _description(spec)},
@@ -144,18 +158,31 @@ def build_crd(*, kind: str, plural: str, short: str, spec: type[BaseModel], stat
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
-        "metadata": {"name": f"{plural}.{GROUP}", "labels": {"app.kubernetes.io/part-of": "kubetune"}},
+        "metadata": {
+            "name": f"{plural}.{GROUP}",
+            "labels": {"app.kubernetes.io/part-of": "kubetune"},
+        },
         "spec": {
             "group": GROUP,
-            "names": {"kind": kind, "listKind": f"{kind}List", "plural": plural,
-                      "singular": kind.lower(), "shortNames": [short], "categories": ["kubetune"]},
+            "names": {
+                "kind": kind,
+                "listKind": f"{kind}List",
+                "plural": plural,
+                "singular": kind.lower(),
+                "shortNames": [short],
+                "categories": ["kubetune"],
+            },
             "scope": "Namespaced",
-            "versions": [{
-                "name": VERSION, "served": True, "storage": True,
-                "subresources": {"status": {}},
-                "additionalPrinterColumns": columns,
-                "schema": {"openAPIV3Schema": root},
-            }],
+            "versions": [
+                {
+                    "name": VERSION,
+                    "served": True,
+                    "storage": True,
+                    "subresources": {"status": {}},
+                    "additionalPrinterColumns": columns,
+                    "schema": {"openAPIV3Schema": root},
+                }
+            ],
         },
     }
 

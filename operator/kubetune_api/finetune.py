@@ -14,7 +14,15 @@ from pydantic import Field, model_validator
 
 from kubetune_api.base import ApiModel
 
-DEFAULT_TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+DEFAULT_TARGET_MODULES = [
+    "q_proj",
+    "k_proj",
+    "v_proj",
+    "o_proj",
+    "gate_proj",
+    "up_proj",
+    "down_proj",
+]
 
 
 class PvcRef(ApiModel):
@@ -47,7 +55,10 @@ class DataSource(ApiModel):
     )
     pvc: PvcRef | None = Field(default=None, description="A file on a PersistentVolumeClaim.")
     config_map: ConfigMapRef | None = Field(default=None, description="A key of a ConfigMap.")
-    uri: str | None = Field(default=None, description="A URI (file:// locally; s3:// or https:// when the image supports it).")
+    uri: str | None = Field(
+        default=None,
+        description="A URI (file:// locally; s3:// or https:// when the image supports it).",
+    )
 
     @model_validator(mode="after")
     def _exactly_one(self) -> DataSource:
@@ -97,14 +108,17 @@ class DatasetSpec(ApiModel):
     max_target_tokens: int = Field(
         default=512, ge=1, le=131072, description="Longer targets are truncated from the right."
     )
-    dedupe: bool = Field(default=True, description="Drop exact duplicate rows (counted in the summary).")
+    dedupe: bool = Field(
+        default=True, description="Drop exact duplicate rows (counted in the summary)."
+    )
     on_invalid_line: Literal["fail", "skip"] = Field(
         default="fail",
         description="fail: stop with the line number and reason; skip: skip the line and count it.",
     )
     mixture: list[MixtureEntry] | None = Field(
         default=None,
-        max_length=32, description="Several weighted datasets trained jointly (multi-task)."
+        max_length=32,
+        description="Several weighted datasets trained jointly (multi-task).",
     )
 
     @model_validator(mode="after")
@@ -121,8 +135,12 @@ class MethodSpec(ApiModel):
         default="lora",
         description="lora; qlora (4-bit base + LoRA); adapter (Houlsby bottleneck); prefix-tuning.",
     )
-    rank: int = Field(default=8, ge=1, le=1024, description="LoRA rank: higher = more capacity and memory.")
-    alpha: float = Field(default=16.0, gt=0, description="LoRA scaling numerator (scale = alpha / rank).")
+    rank: int = Field(
+        default=8, ge=1, le=1024, description="LoRA rank: higher = more capacity and memory."
+    )
+    alpha: float = Field(
+        default=16.0, gt=0, description="LoRA scaling numerator (scale = alpha / rank)."
+    )
     dropout: float = Field(default=0.05, ge=0, lt=1, description="Dropout on the adapter input.")
     target_modules: list[str] = Field(
         max_length=64,
@@ -149,12 +167,17 @@ class TrainingSpec(ApiModel):
         "(= microBatchSize x gradientAccumulationSteps x processes). Default: derived.",
     )
     micro_batch_size: int | None = Field(
-        default=None, ge=1, le=4096, description="Sequences per forward pass per process. Default: derived."
+        default=None,
+        ge=1,
+        le=4096,
+        description="Sequences per forward pass per process. Default: derived.",
     )
     gradient_accumulation_steps: int = Field(
         default=1, ge=1, le=4096, description="Micro-batches accumulated per optimizer step."
     )
-    learning_rate: float = Field(default=2e-4, gt=0, le=1, description="Peak learning rate (AdamW).")
+    learning_rate: float = Field(
+        default=2e-4, gt=0, le=1, description="Peak learning rate (AdamW)."
+    )
     weight_decay: float = Field(default=0.0, ge=0, le=1, description="AdamW weight decay.")
     warmup_ratio: float = Field(
         default=0.1, ge=0, lt=1, description="Fraction of steps with linear warm-up."
@@ -162,7 +185,9 @@ class TrainingSpec(ApiModel):
     scheduler: Literal["cosine", "linear", "constant"] = Field(
         default="cosine", description="Learning-rate decay after warm-up."
     )
-    max_grad_norm: float = Field(default=1.0, ge=0, description="Gradient clipping norm (0 disables).")
+    max_grad_norm: float = Field(
+        default=1.0, ge=0, description="Gradient clipping norm (0 disables)."
+    )
     precision: Literal["bf16", "fp16", "fp32"] = Field(
         default="bf16", description="Compute precision; fp16 uses dynamic loss scaling."
     )
@@ -179,12 +204,20 @@ class TrainingSpec(ApiModel):
         description="packing: padding-free concatenation; length-grouped: batch similar lengths; none.",
     )
     max_tokens_per_batch: int | None = Field(
-        default=None, ge=16, description="Token budget of a packed micro-batch (default: micro x longest)."
+        default=None,
+        ge=16,
+        description="Token budget of a packed micro-batch (default: micro x longest).",
     )
-    max_steps: int | None = Field(default=None, ge=1, description="Stop after this many optimizer steps.")
+    max_steps: int | None = Field(
+        default=None, ge=1, description="Stop after this many optimizer steps."
+    )
     seed: int = Field(default=42, ge=0, description="Seed for data order, dropout and init.")
-    eval_every_steps: int | None = Field(default=None, ge=1, description="Evaluate every N steps (and at the end).")
-    save_every_steps: int | None = Field(default=None, ge=1, description="Checkpoint every N steps (and at the end).")
+    eval_every_steps: int | None = Field(
+        default=None, ge=1, description="Evaluate every N steps (and at the end)."
+    )
+    save_every_steps: int | None = Field(
+        default=None, ge=1, description="Checkpoint every N steps (and at the end)."
+    )
     logging_steps: int = Field(default=1, ge=1, description="Log a JSON line every N steps.")
     loss_chunk_size: int = Field(
         default=1024, ge=16, description="Tokens per chunk of the fused output-projection + loss."
@@ -234,39 +267,62 @@ Quantity = int | str
 class Toleration(ApiModel):
     """A pod toleration (as in core/v1)."""
 
-    key: str | None = Field(default=None, description="Taint key; empty with operator Exists matches all.")
+    key: str | None = Field(
+        default=None, description="Taint key; empty with operator Exists matches all."
+    )
     operator: Literal["Exists", "Equal"] = Field(default="Equal", description="Exists or Equal.")
     value: str | None = Field(default=None, description="Taint value for operator Equal.")
     effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
         default=None, description="Taint effect to match; empty matches all."
     )
-    toleration_seconds: int | None = Field(default=None, description="For NoExecute: how long to stay bound.")
+    toleration_seconds: int | None = Field(
+        default=None, description="For NoExecute: how long to stay bound."
+    )
 
 
 class ComputeResources(ApiModel):
     """Container requests and limits besides GPUs, e.g. {requests: {cpu: 8, memory: 64Gi}}."""
 
-    requests: dict[str, Quantity] | None = Field(default=None, description="Minimum resources (cpu, memory, ...).")
-    limits: dict[str, Quantity] | None = Field(default=None, description="Maximum resources (cpu, memory, ...).")
+    requests: dict[str, Quantity] | None = Field(
+        default=None, description="Minimum resources (cpu, memory, ...)."
+    )
+    limits: dict[str, Quantity] | None = Field(
+        default=None, description="Maximum resources (cpu, memory, ...)."
+    )
 
 
 class ResourcesSpec(ApiModel):
     """Pods, GPUs and placement (Kubernetes only)."""
 
-    gpus_per_node: int = Field(default=1, ge=0, le=16, description="nvidia.com/gpu per pod; one process per GPU.")
-    nodes: int = Field(default=1, ge=1, le=128, description="Pods (nodes); >1 uses an Indexed Job and torchrun rendezvous.")
-    node_selector: dict[str, str] | None = Field(default=None, description="Node labels the pods require.")
-    tolerations: list[Toleration] | None = Field(default=None, max_length=32, description="Pod tolerations.")
+    gpus_per_node: int = Field(
+        default=1, ge=0, le=16, description="nvidia.com/gpu per pod; one process per GPU."
+    )
+    nodes: int = Field(
+        default=1,
+        ge=1,
+        le=128,
+        description="Pods (nodes); >1 uses an Indexed Job and torchrun rendezvous.",
+    )
+    node_selector: dict[str, str] | None = Field(
+        default=None, description="Node labels the pods require."
+    )
+    tolerations: list[Toleration] | None = Field(
+        default=None, max_length=32, description="Pod tolerations."
+    )
     resources: ComputeResources | None = Field(
         default=None, description="Container requests/limits besides the GPUs (cpu, memory)."
     )
-    image: str | None = Field(default=None, description="Trainer image (default: the operator's setting).")
+    image: str | None = Field(
+        default=None, description="Trainer image (default: the operator's setting)."
+    )
 
 
 class RetrySpec(ApiModel):
     """What the operator does when an attempt fails."""
 
-    max_retries: int = Field(default=2, ge=0, le=20, description="Further attempts after the first.")
+    max_retries: int = Field(
+        default=2, ge=0, le=20, description="Further attempts after the first."
+    )
     on_out_of_memory: bool = Field(
         default=True,
         description="On OOM halve microBatchSize and double gradientAccumulationSteps (same effective batch).",
@@ -284,11 +340,17 @@ class FineTuneJobSpec(ApiModel):
     model: ModelSpec = Field(description="The base model.")
     dataset: DatasetSpec = Field(description="Training and evaluation data.")
     method: MethodSpec = Field(default_factory=MethodSpec, description="The PEFT method.")
-    training: TrainingSpec = Field(default_factory=TrainingSpec, description="Optimisation settings.")
-    resources: ResourcesSpec = Field(default_factory=ResourcesSpec, description="GPUs and placement.")
+    training: TrainingSpec = Field(
+        default_factory=TrainingSpec, description="Optimisation settings."
+    )
+    resources: ResourcesSpec = Field(
+        default_factory=ResourcesSpec, description="GPUs and placement."
+    )
     output: OutputSpec = Field(default_factory=OutputSpec, description="Where results go.")
     retry: RetrySpec = Field(default_factory=RetrySpec, description="Automatic retries.")
-    suspend: bool = Field(default=False, description="true stops the running pod and keeps checkpoints.")
+    suspend: bool = Field(
+        default=False, description="true stops the running pod and keeps checkpoints."
+    )
     pending_timeout_seconds: int | None = Field(
         default=None, ge=1, description="Fail the job if its pod stays Pending this long."
     )

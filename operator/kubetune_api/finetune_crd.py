@@ -12,18 +12,47 @@ from kubetune_api.finetune import FineTuneJobSpec
 from kubetune_api.status import FineTuneJobStatus
 
 COLUMNS = [
-    {"name": "Phase", "type": "string", "jsonPath": ".status.phase", "description": "Lifecycle phase."},
-    {"name": "Progress", "type": "string", "jsonPath": ".status.progress.percent",
-     "description": "Percent of training steps done."},
-    {"name": "Loss", "type": "number", "jsonPath": ".status.metrics.trainLoss", "description": "Latest training loss."},
-    {"name": "Eval-Loss", "type": "number", "jsonPath": ".status.metrics.evalLoss", "description": "Latest eval loss."},
-    {"name": "ETA", "type": "string", "jsonPath": ".status.progress.etaSeconds", "description": "Seconds left."},
+    {
+        "name": "Phase",
+        "type": "string",
+        "jsonPath": ".status.phase",
+        "description": "Lifecycle phase.",
+    },
+    {
+        "name": "Progress",
+        "type": "string",
+        "jsonPath": ".status.progress.percent",
+        "description": "Percent of training steps done.",
+    },
+    {
+        "name": "Loss",
+        "type": "number",
+        "jsonPath": ".status.metrics.trainLoss",
+        "description": "Latest training loss.",
+    },
+    {
+        "name": "Eval-Loss",
+        "type": "number",
+        "jsonPath": ".status.metrics.evalLoss",
+        "description": "Latest eval loss.",
+    },
+    {
+        "name": "ETA",
+        "type": "string",
+        "jsonPath": ".status.progress.etaSeconds",
+        "description": "Seconds left.",
+    },
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
     {"name": "Method", "type": "string", "jsonPath": ".spec.method.type", "priority": 1},
     {"name": "Model", "type": "string", "jsonPath": ".spec.model.name", "priority": 1},
     {"name": "GPUs", "type": "integer", "jsonPath": ".spec.resources.gpusPerNode", "priority": 1},
     {"name": "Step", "type": "integer", "jsonPath": ".status.progress.step", "priority": 1},
-    {"name": "Attempts", "type": "integer", "jsonPath": ".status.attempts[-1:].index", "priority": 1},
+    {
+        "name": "Attempts",
+        "type": "integer",
+        "jsonPath": ".status.attempts[-1:].index",
+        "priority": 1,
+    },
     {"name": "Message", "type": "string", "jsonPath": ".status.message", "priority": 1},
 ]
 
@@ -42,19 +71,25 @@ RULES: dict[str, list[dict[str, Any]]] = {
     "model": [_immutable("model")],
     "dataset": [
         _immutable("dataset"),
-        {"rule": "has(self.train) || (has(self.mixture) && size(self.mixture) > 0)",
-         "message": "set train (or mixture): there is no training data"},
+        {
+            "rule": "has(self.train) || (has(self.mixture) && size(self.mixture) > 0)",
+            "message": "set train (or mixture): there is no training data",
+        },
     ],
     "dataset.train": [ONE_SOURCE],
     "dataset.eval": [ONE_SOURCE],
     "method": [_immutable("method")],
     "training": [
         _immutable("training"),
-        {"rule": "!has(self.batchSize) || self.batchSize % self.gradientAccumulationSteps == 0",
-         "message": "batchSize must be a multiple of gradientAccumulationSteps"},
-        {"rule": "!has(self.batchSize) || !has(self.microBatchSize) || "
-                 "self.batchSize % (self.microBatchSize * self.gradientAccumulationSteps) == 0",
-         "message": "batchSize must be a multiple of microBatchSize x gradientAccumulationSteps"},
+        {
+            "rule": "!has(self.batchSize) || self.batchSize % self.gradientAccumulationSteps == 0",
+            "message": "batchSize must be a multiple of gradientAccumulationSteps",
+        },
+        {
+            "rule": "!has(self.batchSize) || !has(self.microBatchSize) || "
+            "self.batchSize % (self.microBatchSize * self.gradientAccumulationSteps) == 0",
+            "message": "batchSize must be a multiple of microBatchSize x gradientAccumulationSteps",
+        },
     ],
 }
 

@@ -21,10 +21,16 @@ class Condition(ApiModel):
 
     type: str = Field(description="Condition type, e.g. Ready, Scheduled, Failed.")
     status: Literal["True", "False", "Unknown"] = Field(description="True, False or Unknown.")
-    reason: str | None = Field(default=None, description="CamelCase reason, e.g. Unschedulable, OOMKilled, NaNLoss.")
+    reason: str | None = Field(
+        default=None, description="CamelCase reason, e.g. Unschedulable, OOMKilled, NaNLoss."
+    )
     message: str | None = Field(default=None, description="Human-readable details.")
-    last_transition_time: str | None = Field(default=None, description="When the status last changed (RFC 3339).")
-    observed_generation: int | None = Field(default=None, description="Spec generation this condition is about.")
+    last_transition_time: str | None = Field(
+        default=None, description="When the status last changed (RFC 3339)."
+    )
+    observed_generation: int | None = Field(
+        default=None, description="Spec generation this condition is about."
+    )
 
 
 class Progress(ApiModel):
@@ -41,8 +47,12 @@ class Metrics(ApiModel):
     """Latest training metrics, written by the trainer's status reporter."""
 
     train_loss: float | None = Field(default=None, description="Loss of the latest logged step.")
-    eval_loss: float | None = Field(default=None, description="Loss on the eval set at the latest evaluation.")
-    tokens_per_second: float | None = Field(default=None, description="Real (non-pad) tokens per second, all processes.")
+    eval_loss: float | None = Field(
+        default=None, description="Loss on the eval set at the latest evaluation."
+    )
+    tokens_per_second: float | None = Field(
+        default=None, description="Real (non-pad) tokens per second, all processes."
+    )
     learning_rate: float | None = Field(default=None, description="Current learning rate.")
 
 
@@ -53,10 +63,15 @@ class Attempt(ApiModel):
     job_name: str = Field(description="The batch/v1 Job of this attempt.")
     start_time: str | None = Field(default=None, description="When the attempt's Job was created.")
     completion_time: str | None = Field(default=None, description="When the attempt ended.")
-    result: str | None = Field(default=None, description="Succeeded, or the failure reason (OutOfMemory, NaNLoss, ...).")
-    message: str | None = Field(default=None, description="Failure message from the trainer's termination log.")
+    result: str | None = Field(
+        default=None, description="Succeeded, or the failure reason (OutOfMemory, NaNLoss, ...)."
+    )
+    message: str | None = Field(
+        default=None, description="Failure message from the trainer's termination log."
+    )
     changes: dict[str, str] | None = Field(
-        default=None, description="Config changed for this attempt (field -> new value), e.g. microBatchSize."
+        default=None,
+        description="Config changed for this attempt (field -> new value), e.g. microBatchSize.",
     )
 
 
@@ -70,13 +85,23 @@ class OutputStatus(ApiModel):
 class FineTuneJobStatus(ApiModel):
     """Observed state of a FineTuneJob."""
 
-    phase: Phase | None = Field(default=None, description="Pending, Running, Retrying, Succeeded, Failed or Suspended.")
-    conditions: list[Condition] | None = Field(default=None, max_length=32, description="Latest observations.")
+    phase: Phase | None = Field(
+        default=None, description="Pending, Running, Retrying, Succeeded, Failed or Suspended."
+    )
+    conditions: list[Condition] | None = Field(
+        default=None, max_length=32, description="Latest observations."
+    )
     progress: Progress | None = Field(default=None, description="Training progress.")
     metrics: Metrics | None = Field(default=None, description="Latest training metrics.")
-    attempts: list[Attempt] | None = Field(default=None, max_length=64, description="Every attempt, oldest first.")
+    attempts: list[Attempt] | None = Field(
+        default=None, max_length=64, description="Every attempt, oldest first."
+    )
     output: OutputStatus | None = Field(default=None, description="Where the results are.")
     start_time: str | None = Field(default=None, description="When the first attempt started.")
-    completion_time: str | None = Field(default=None, description="When the job succeeded or failed.")
-    observed_generation: int | None = Field(default=None, description="The spec generation last reconciled.")
+    completion_time: str | None = Field(
+        default=None, description="When the job succeeded or failed."
+    )
+    observed_generation: int | None = Field(
+        default=None, description="The spec generation last reconciled."
+    )
     message: str | None = Field(default=None, description="One-line summary of the current state.")

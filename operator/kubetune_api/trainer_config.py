@@ -22,8 +22,8 @@ from pydantic import Field, ValidationError
 from kubetune_api.base import ApiModel
 from kubetune_api.errors import ConfigError
 from kubetune_api.finetune import (
-    DataSource,
     DatasetSpec,
+    DataSource,
     FineTuneJobSpec,
     MethodSpec,
     ModelSpec,
@@ -44,8 +44,14 @@ SEED_KEYS = {
     "gradient_accumulation_steps",
 }
 SEED_FRAMEWORKS = {"ms-swift", "swift", "kubetune"}
-SEED_METHODS = {"lora": "lora", "qlora": "qlora", "adapter": "adapter", "prefix-tuning": "prefix-tuning",
-                "prefix_tuning": "prefix-tuning", "prefix": "prefix-tuning"}
+SEED_METHODS = {
+    "lora": "lora",
+    "qlora": "qlora",
+    "adapter": "adapter",
+    "prefix-tuning": "prefix-tuning",
+    "prefix_tuning": "prefix-tuning",
+    "prefix": "prefix-tuning",
+}
 
 
 class TrainerConfig(ApiModel):
@@ -54,14 +60,21 @@ class TrainerConfig(ApiModel):
     model: ModelSpec = Field(description="The base model.")
     dataset: DatasetSpec = Field(description="Training and evaluation data.")
     method: MethodSpec = Field(default_factory=MethodSpec, description="The PEFT method.")
-    training: TrainingSpec = Field(default_factory=TrainingSpec, description="Optimisation settings.")
+    training: TrainingSpec = Field(
+        default_factory=TrainingSpec, description="Optimisation settings."
+    )
     output: OutputSpec = Field(default_factory=OutputSpec, description="Where results go.")
 
     @classmethod
     def from_spec(cls, spec: FineTuneJobSpec) -> TrainerConfig:
         """The trainer's share of a FineTuneJob spec (used by the operator's ConfigMap)."""
-        return cls(model=spec.model, dataset=spec.dataset, method=spec.method,
-                   training=spec.training, output=spec.output)
+        return cls(
+            model=spec.model,
+            dataset=spec.dataset,
+            method=spec.method,
+            training=spec.training,
+            output=spec.output,
+        )
 
     def config_hash(self) -> str:
         """A stable hash of the resolved config, recorded in the run summary."""
@@ -85,7 +98,9 @@ def load_trainer_config(
         raise ConfigError([f"--config: {path} is not valid YAML: {err}"]) from err
     if not isinstance(raw, dict):
         raise ConfigError([f"--config: {path} must hold a mapping, got {type(raw).__name__}"])
-    return parse_trainer_config(raw, train_path=train_path, eval_path=eval_path, output_dir=output_dir)
+    return parse_trainer_config(
+        raw, train_path=train_path, eval_path=eval_path, output_dir=output_dir
+    )
 
 
 def parse_trainer_config(
@@ -124,14 +139,19 @@ def _spec_of_manifest(raw: dict[str, Any]) -> dict[str, Any]:
 
 def _from_seed(raw: dict[str, Any]) -> dict[str, Any]:
     """Map the seed article's flat keys onto our schema; unknown keys are errors."""
-    problems = [f"{k}: unknown field (seed-format keys: {', '.join(sorted(SEED_KEYS))})"
-                for k in raw if k not in SEED_KEYS]
+    problems = [
+        f"{k}: unknown field (seed-format keys: {', '.join(sorted(SEED_KEYS))})"
+        for k in raw
+        if k not in SEED_KEYS
+    ]
     framework = raw.get("framework", "ms-swift")
     if str(framework).lower() not in SEED_FRAMEWORKS:
         problems.append(f"framework: must be one of {sorted(SEED_FRAMEWORKS)}, got {framework!r}")
     method = str(raw.get("peft_method", "lora"))
     if method.lower() not in SEED_METHODS:
-        problems.append(f"peft_method: must be lora, qlora, adapter or prefix-tuning, got {method!r}")
+        problems.append(
+            f"peft_method: must be lora, qlora, adapter or prefix-tuning, got {method!r}"
+        )
     if "model_name" not in raw:
         problems.append("model_name: required field is missing")
     if problems:
@@ -144,8 +164,12 @@ def _from_seed(raw: dict[str, Any]) -> dict[str, Any]:
     }
     if "lora_rank" in raw:
         out["method"]["rank"] = raw["lora_rank"]
-    for seed_key, key in (("batch_size", "batchSize"), ("learning_rate", "learningRate"),
-                          ("epochs", "epochs"), ("gradient_accumulation_steps", "gradientAccumulationSteps")):
+    for seed_key, key in (
+        ("batch_size", "batchSize"),
+        ("learning_rate", "learningRate"),
+        ("epochs", "epochs"),
+        ("gradient_accumulation_steps", "gradientAccumulationSteps"),
+    ):
         if seed_key in raw:
             out["training"][key] = raw[seed_key]
     return out

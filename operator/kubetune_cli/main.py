@@ -12,11 +12,20 @@ import sys
 from collections.abc import Sequence
 
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "train": ("kubetune_trainer.cli", "fine-tune a Qwen3 model with PEFT (LoRA, QLoRA, adapter, prefix)"),
-    "tiny-model": ("kubetune_trainer.tiny_model", "write a random-weight Qwen3 and tokenizer (no hub needed)"),
+    "train": (
+        "kubetune_trainer.cli",
+        "fine-tune a Qwen3 model with PEFT (LoRA, QLoRA, adapter, prefix)",
+    ),
+    "tiny-model": (
+        "kubetune_trainer.tiny_model",
+        "write a random-weight Qwen3 and tokenizer (no hub needed)",
+    ),
     "export": ("kubetune_trainer.export", "merge an adapter into its base model"),
     "serve": ("kubetune_server.cli", "serve a model over an OpenAI-compatible HTTP API"),
-    "route": ("kubetune_server.router_cli", "route requests to a small or large model by complexity"),
+    "route": (
+        "kubetune_server.router_cli",
+        "route requests to a small or large model by complexity",
+    ),
     "operator": ("kubetune_operator.cli", "run the Kubernetes operator (kopf)"),
 }
 

@@ -35,16 +35,22 @@ def test_seed_config_maps_onto_schema(tmp_path: Path) -> None:
     assert cfg.output.path == "out"
 
 
-@pytest.mark.parametrize("method,expected", [("Adapter", "adapter"), ("Prefix-tuning", "prefix-tuning"),
-                                             ("qlora", "qlora")])
+@pytest.mark.parametrize(
+    "method,expected",
+    [("Adapter", "adapter"), ("Prefix-tuning", "prefix-tuning"), ("qlora", "qlora")],
+)
 def test_seed_method_names(method: str, expected: str) -> None:
     cfg = parse_trainer_config({"model_name": "m", "peft_method": method}, train_path="t.jsonl")
     assert cfg.method.type == expected
 
 
 def test_all_problems_reported_at_once() -> None:
-    raw = {"model": {"name": "m", "revison": "x"}, "dataset": {"train": {"path": "t"}, "format": "csv"},
-           "method": {"rank": 0}, "training": {"learningRate": -1, "precision": "int3"}}
+    raw = {
+        "model": {"name": "m", "revison": "x"},
+        "dataset": {"train": {"path": "t"}, "format": "csv"},
+        "method": {"rank": 0},
+        "training": {"learningRate": -1, "precision": "int3"},
+    }
     with pytest.raises(ConfigError) as err:
         parse_trainer_config(raw)
     lines = err.value.problems
@@ -58,7 +64,9 @@ def test_all_problems_reported_at_once() -> None:
 
 def test_seed_format_errors() -> None:
     with pytest.raises(ConfigError) as err:
-        parse_trainer_config({"model_name": "m", "peft_method": "ia3", "framework": "deepspeed", "lr": 1})
+        parse_trainer_config(
+            {"model_name": "m", "peft_method": "ia3", "framework": "deepspeed", "lr": 1}
+        )
     text = str(err.value)
     assert "lr: unknown field" in text
     assert "peft_method" in text and "'ia3'" in text
@@ -66,11 +74,17 @@ def test_seed_format_errors() -> None:
 
 
 def test_finetunejob_manifest_is_accepted(tmp_path: Path) -> None:
-    manifest = {"apiVersion": "kubetune.io/v1alpha1", "kind": "FineTuneJob", "metadata": {"name": "x"},
-                "spec": {"model": {"name": "Qwen/Qwen3-8B"},
-                         "dataset": {"train": {"pvc": {"claimName": "data", "path": "train.jsonl"}}},
-                         "method": {"type": "qlora", "rank": 16},
-                         "resources": {"gpusPerNode": 2}}}
+    manifest = {
+        "apiVersion": "kubetune.io/v1alpha1",
+        "kind": "FineTuneJob",
+        "metadata": {"name": "x"},
+        "spec": {
+            "model": {"name": "Qwen/Qwen3-8B"},
+            "dataset": {"train": {"pvc": {"claimName": "data", "path": "train.jsonl"}}},
+            "method": {"type": "qlora", "rank": 16},
+            "resources": {"gpusPerNode": 2},
+        },
+    }
     path = tmp_path / "ftj.yaml"
     path.write_text(yaml.safe_dump(manifest))
     cfg = load_trainer_config(path, train_path="local.jsonl")
@@ -80,22 +94,33 @@ def test_finetunejob_manifest_is_accepted(tmp_path: Path) -> None:
 
 def test_manifest_errors_carry_spec_prefix() -> None:
     with pytest.raises(ConfigError) as err:
-        parse_trainer_config({"kind": "FineTuneJob", "spec": {"model": {"name": "m"}, "dataset": {},
-                                                             "training": {"epochs": 0}}})
+        parse_trainer_config(
+            {
+                "kind": "FineTuneJob",
+                "spec": {"model": {"name": "m"}, "dataset": {}, "training": {"epochs": 0}},
+            }
+        )
     assert any(p.startswith("spec.training.epochs:") for p in err.value.problems)
     assert any(p.startswith("spec.dataset:") for p in err.value.problems)
 
 
 def test_data_source_needs_exactly_one() -> None:
     with pytest.raises(ConfigError) as err:
-        parse_trainer_config({"model": {"name": "m"}, "dataset": {"train": {"path": "a", "uri": "file:///b"}}})
+        parse_trainer_config(
+            {"model": {"name": "m"}, "dataset": {"train": {"path": "a", "uri": "file:///b"}}}
+        )
     assert "exactly one of path, pvc, configMap, uri" in str(err.value)
 
 
 def test_batch_arithmetic_checked() -> None:
     with pytest.raises(ConfigError) as err:
-        parse_trainer_config({"model": {"name": "m"}, "dataset": {"train": {"path": "a"}},
-                              "training": {"batchSize": 10, "microBatchSize": 4, "gradientAccumulationSteps": 1}})
+        parse_trainer_config(
+            {
+                "model": {"name": "m"},
+                "dataset": {"train": {"path": "a"}},
+                "training": {"batchSize": 10, "microBatchSize": 4, "gradientAccumulationSteps": 1},
+            }
+        )
     assert "batchSize (10)" in str(err.value)
 
 

@@ -35,13 +35,21 @@ def test_schema_is_structural_and_documented(name: str) -> None:
     text = render(all_crds()[name])
     for forbidden in ("$ref", "anyOf", "title:", "$defs"):
         assert forbidden not in text
-    for path, prop in _walk(root["properties"]["spec"], "spec") + _walk(root["properties"]["status"], "status"):
-        assert prop.get("description"), f"{path} has no description (kubectl explain would be empty)"
-        assert "type" in prop or prop.get("x-kubernetes-preserve-unknown-fields"), f"{path} has no type"
+    for path, prop in _walk(root["properties"]["spec"], "spec") + _walk(
+        root["properties"]["status"], "status"
+    ):
+        assert prop.get("description"), (
+            f"{path} has no description (kubectl explain would be empty)"
+        )
+        assert "type" in prop or prop.get("x-kubernetes-preserve-unknown-fields"), (
+            f"{path} has no type"
+        )
 
 
 def test_enums_and_bounds_reach_the_api_server() -> None:
-    spec = all_crds()["kubetune.io_finetunejobs.yaml"]["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    spec = all_crds()["kubetune.io_finetunejobs.yaml"]["spec"]["versions"][0]["schema"][
+        "openAPIV3Schema"
+    ]
     method = spec["properties"]["spec"]["properties"]["method"]["properties"]
     assert method["type"]["enum"] == ["lora", "qlora", "adapter", "prefix-tuning"]
     assert method["rank"]["minimum"] == 1

@@ -12,8 +12,12 @@ from kubetune_trainer.loss import IGNORE_INDEX, chunked_cross_entropy, fused_los
 
 def _reference(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     logits = (hidden @ weight.T).float()[:, :-1]
-    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1),
-                           ignore_index=IGNORE_INDEX, reduction="sum")
+    return F.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]),
+        labels[:, 1:].reshape(-1),
+        ignore_index=IGNORE_INDEX,
+        reduction="sum",
+    )
 
 
 @pytest.mark.parametrize("chunk", [3, 16, 4096])
@@ -36,15 +40,25 @@ def test_chunked_matches_reference_value_and_grad(chunk: int) -> None:
 def test_accuracy_counts_argmax_hits() -> None:
     weight = torch.eye(4)
     hidden = torch.eye(4)[[0, 1, 2, 3]].unsqueeze(0)  # position t predicts token t
-    labels = torch.tensor([[IGNORE_INDEX, 0, 1, 3]])  # shifted targets: 0, 1, 3 at positions 0, 1, 2
+    labels = torch.tensor(
+        [[IGNORE_INDEX, 0, 1, 3]]
+    )  # shifted targets: 0, 1, 3 at positions 0, 1, 2
     sums = chunked_cross_entropy(hidden, weight, labels, 2)
     assert int(sums.tokens) == 3 and int(sums.correct) == 2
 
 
 def test_fused_loss_in_a_real_qwen3_matches_transformers_loss() -> None:
     torch.manual_seed(0)
-    config = Qwen3Config(vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, head_dim=8, tie_word_embeddings=True)
+    config = Qwen3Config(
+        vocab_size=300,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+        tie_word_embeddings=True,
+    )
     model = Qwen3ForCausalLM(config).eval()
     ids = torch.randint(0, 300, (2, 12))
     labels = ids.clone()

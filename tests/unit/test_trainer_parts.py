@@ -8,7 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from kubetune_trainer.failures import ExitCode, TerminationReason, termination_log_path, write_termination
+from kubetune_trainer.failures import (
+    ExitCode,
+    TerminationReason,
+    termination_log_path,
+    write_termination,
+)
 from kubetune_trainer.progress import JsonLinesReporter, StepRecord
 from kubetune_trainer.schedule import lr_factor, warmup_steps_for
 
@@ -27,11 +32,21 @@ def test_warmup_then_cosine_to_zero() -> None:
 
 def test_termination_reason_round_trip(tmp_path: Path) -> None:
     path = tmp_path / "termination-log"
-    line = write_termination(path, ExitCode.NAN_LOSS, "loss became nan at step 3", step=3,
-                             checkpoint="/out/checkpoints/step-000002")
+    line = write_termination(
+        path,
+        ExitCode.NAN_LOSS,
+        "loss became nan at step 3",
+        step=3,
+        checkpoint="/out/checkpoints/step-000002",
+    )
     assert path.read_text().strip() == line
     parsed = TerminationReason.parse(line)
-    assert parsed is not None and parsed.reason == "NaNLoss" and parsed.exitCode == 5 and parsed.step == 3
+    assert (
+        parsed is not None
+        and parsed.reason == "NaNLoss"
+        and parsed.exitCode == 5
+        and parsed.step == 3
+    )
     assert TerminationReason.parse("Error: plain text") is None
 
 
@@ -49,8 +64,17 @@ def test_termination_log_path_precedence(tmp_path: Path, monkeypatch: pytest.Mon
 def test_json_lines_reporter() -> None:
     out = io.StringIO()
     rep = JsonLinesReporter(out)
-    rep.on_step(StepRecord(step=5, total_steps=10, epoch=0.5, loss=1.25, learning_rate=1e-4,
-                           tokens_per_second=100.0, elapsed_seconds=10.0))
+    rep.on_step(
+        StepRecord(
+            step=5,
+            total_steps=10,
+            epoch=0.5,
+            loss=1.25,
+            learning_rate=1e-4,
+            tokens_per_second=100.0,
+            elapsed_seconds=10.0,
+        )
+    )
     rec = json.loads(out.getvalue())
     assert rec["event"] == "step" and rec["step"] == 5 and rec["loss"] == 1.25 and rec["lr"] == 1e-4
     assert rec["eta_seconds"] == 10.0

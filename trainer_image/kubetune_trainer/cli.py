@@ -27,15 +27,31 @@ from kubetune_trainer.failures import (
 
 def build_parser(prog: str = "kubetune train") -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=prog, description="Fine-tune a Qwen3 model with PEFT.")
-    p.add_argument("--config", required=True, help="YAML: our format, a FineTuneJob manifest, or the seed's")
-    p.add_argument("--train_path", "--train-path", dest="train_path", help="training JSONL (overrides config)")
-    p.add_argument("--eval_path", "--eval-path", dest="eval_path", help="evaluation JSONL (overrides config)")
-    p.add_argument("--output_dir", "--output-dir", dest="output_dir", help="output folder (overrides config)")
-    p.add_argument("--resume", default="auto",
-                   help="auto (latest checkpoint in the output dir, if any), never, or a checkpoint path")
-    p.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda if available")
-    p.add_argument("--termination-log", default=None,
-                   help="file for the one-line JSON failure reason (default /dev/termination-log if present)")
+    p.add_argument(
+        "--config", required=True, help="YAML: our format, a FineTuneJob manifest, or the seed's"
+    )
+    p.add_argument(
+        "--train_path", "--train-path", dest="train_path", help="training JSONL (overrides config)"
+    )
+    p.add_argument(
+        "--eval_path", "--eval-path", dest="eval_path", help="evaluation JSONL (overrides config)"
+    )
+    p.add_argument(
+        "--output_dir", "--output-dir", dest="output_dir", help="output folder (overrides config)"
+    )
+    p.add_argument(
+        "--resume",
+        default="auto",
+        help="auto (latest checkpoint in the output dir, if any), never, or a checkpoint path",
+    )
+    p.add_argument(
+        "--device", choices=["cpu", "cuda"], default=None, help="default: cuda if available"
+    )
+    p.add_argument(
+        "--termination-log",
+        default=None,
+        help="file for the one-line JSON failure reason (default /dev/termination-log if present)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar, JSON lines only")
     p.add_argument("--stop-after-steps", type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument("--inject-fault", default=None, help=argparse.SUPPRESS)
@@ -46,14 +62,18 @@ def main(argv: Sequence[str] | None = None, prog: str = "kubetune train") -> int
     args = build_parser(prog).parse_args(argv)
     term = termination_log_path(args.termination_log)
     try:
-        cfg = load_trainer_config(args.config, train_path=args.train_path, eval_path=args.eval_path,
-                                  output_dir=args.output_dir)
+        cfg = load_trainer_config(
+            args.config,
+            train_path=args.train_path,
+            eval_path=args.eval_path,
+            output_dir=args.output_dir,
+        )
         summary = _run(cfg, args)
     except ConfigError as err:
         return _fail(term, ExitCode.INVALID_CONFIG, err.problems)
     except TrainingFailure as err:
         return _fail(term, err.code, [str(err)], step=err.step, checkpoint=err.checkpoint)
-    except Exception as err:  # noqa: BLE001 - every failure must reach the termination log
+    except Exception as err:
         from kubetune_trainer.data import DataError
 
         if isinstance(err, DataError):
@@ -62,8 +82,15 @@ def main(argv: Sequence[str] | None = None, prog: str = "kubetune train") -> int
             return _fail(term, ExitCode.OUT_OF_MEMORY, [str(err).splitlines()[0]])
         _fail(term, ExitCode.ERROR, [f"{type(err).__name__}: {err}"])
         raise
-    print(json.dumps({"event": "summary", **{k: summary.get(k) for k in ("metrics", "adapter_path", "steps")}},
-                     ensure_ascii=False))
+    print(
+        json.dumps(
+            {
+                "event": "summary",
+                **{k: summary.get(k) for k in ("metrics", "adapter_path", "steps")},
+            },
+            ensure_ascii=False,
+        )
+    )
     return 0
 
 
@@ -76,8 +103,13 @@ def _run(cfg: object, args: argparse.Namespace) -> dict[str, object]:
     if not args.no_progress and sys.stderr.isatty():
         reporters.append(TqdmReporter())
     reporters.extend(extra_reporters())
-    opts = RunOptions(resume=args.resume, device=args.device, reporters=reporters,
-                      stop_after_steps=args.stop_after_steps, inject_fault=args.inject_fault)
+    opts = RunOptions(
+        resume=args.resume,
+        device=args.device,
+        reporters=reporters,
+        stop_after_steps=args.stop_after_steps,
+        inject_fault=args.inject_fault,
+    )
     return run(cfg, opts)  # type: ignore[arg-type]
 
 

@@ -64,7 +64,9 @@ def decoder_layers(model: nn.Module) -> list[nn.Module]:
     return [m for m in model.modules() if type(m).__name__.endswith("DecoderLayer")]
 
 
-def shard_model(model: nn.Module, rt: Runtime, zero_stage: int, param_dtype: torch.dtype | None) -> nn.Module:
+def shard_model(
+    model: nn.Module, rt: Runtime, zero_stage: int, param_dtype: torch.dtype | None
+) -> nn.Module:
     """Wrap for data parallelism: FSDP2 for stages 2/3, DDP for stage 0; identity alone."""
     if not rt.distributed:
         return model
@@ -105,4 +107,6 @@ def all_reduce_sum(value: torch.Tensor, rt: Runtime) -> torch.Tensor:
 
 def unwrap(model: nn.Module) -> nn.Module:
     """The module under DDP (FSDP2 wraps in place, so it is already the module)."""
-    return model.module if hasattr(model, "module") and isinstance(model.module, nn.Module) else model
+    return (
+        model.module if hasattr(model, "module") and isinstance(model.module, nn.Module) else model
+    )

@@ -33,19 +33,35 @@ def evaluate(
     was_training = model.training
     model.eval()
     loss_sum, correct, tokens = 0.0, 0.0, 0
-    batches = plan_batches([len(e.input_ids) for e in examples], mode="length-grouped",
-                           micro_batch_size=micro_batch_size, max_tokens=None, seed=0, epoch=0)
+    batches = plan_batches(
+        [len(e.input_ids) for e in examples],
+        mode="length-grouped",
+        micro_batch_size=micro_batch_size,
+        max_tokens=None,
+        seed=0,
+        epoch=0,
+    )
     for ids in batches:
-        batch = collate([examples[i] for i in ids], mode="length-grouped", pad_token_id=pad_token_id)
+        batch = collate(
+            [examples[i] for i in ids], mode="length-grouped", pad_token_id=pad_token_id
+        )
         labels = batch.labels.to(device)
         with autocast, fused_loss(model, labels, chunk_size) as out:
-            model(input_ids=batch.input_ids.to(device),
-                  attention_mask=None if batch.attention_mask is None else batch.attention_mask.to(device),
-                  use_cache=False)
+            model(
+                input_ids=batch.input_ids.to(device),
+                attention_mask=None
+                if batch.attention_mask is None
+                else batch.attention_mask.to(device),
+                use_cache=False,
+            )
         loss_sum += float(out[0].loss_sum)
         correct += float(out[0].correct)
         tokens += int(out[0].tokens)
     model.train(was_training)
     mean = loss_sum / max(tokens, 1)
-    return {"eval_loss": mean, "perplexity": math.exp(min(mean, 50.0)),
-            "accuracy": correct / max(tokens, 1), "eval_tokens": float(tokens)}
+    return {
+        "eval_loss": mean,
+        "perplexity": math.exp(min(mean, 50.0)),
+        "accuracy": correct / max(tokens, 1),
+        "eval_tokens": float(tokens),
+    }

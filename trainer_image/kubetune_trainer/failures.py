@@ -8,6 +8,7 @@ the last good checkpoint) or fail. Called by the CLI around `train.run`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from dataclasses import asdict, dataclass
@@ -67,12 +68,14 @@ class TerminationReason:
 
     reason: str
     message: str
-    exitCode: int  # noqa: N815 - the wire format is camelCase, like the Kubernetes API
+    exitCode: int
     step: int | None = None
     checkpoint: str | None = None
 
     def to_json(self) -> str:
-        text = json.dumps({k: v for k, v in asdict(self).items() if v is not None}, ensure_ascii=False)
+        text = json.dumps(
+            {k: v for k, v in asdict(self).items() if v is not None}, ensure_ascii=False
+        )
         if len(text.encode()) <= MAX_MESSAGE_BYTES:
             return text
         self.message = self.message[: MAX_MESSAGE_BYTES // 2] + "…"
@@ -97,15 +100,22 @@ def termination_log_path(explicit: str | None) -> Path | None:
     return default if default.exists() else None
 
 
-def write_termination(path: Path | None, code: ExitCode, message: str, *,
-                      step: int | None = None, checkpoint: str | None = None) -> str:
+def write_termination(
+    path: Path | None,
+    code: ExitCode,
+    message: str,
+    *,
+    step: int | None = None,
+    checkpoint: str | None = None,
+) -> str:
     """Write the reason (if there is a file to write) and return the JSON line."""
-    line = TerminationReason(REASONS.get(code, "Error"), message, int(code), step, checkpoint).to_json()
+    line = TerminationReason(
+        REASONS.get(code, "Error"), message, int(code), step, checkpoint
+    ).to_json()
     if path is not None:
-        try:
+        # The reason is also on stderr; a read-only log must not mask the real failure.
+        with contextlib.suppress(OSError):
             path.write_text(line + "\n", encoding="utf-8")
-        except OSError:
-            pass  # the reason is also on stderr; a read-only log must not mask the real failure
     return line
 
 

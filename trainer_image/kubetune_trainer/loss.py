@@ -76,7 +76,9 @@ def _output_layer(model: nn.Module) -> nn.Linear:
 
 
 @contextmanager
-def fused_loss(model: nn.Module, labels: torch.Tensor, chunk_size: int = 1024) -> Iterator[list[LossSums]]:
+def fused_loss(
+    model: nn.Module, labels: torch.Tensor, chunk_size: int = 1024
+) -> Iterator[list[LossSums]]:
     """Within the block, the model's forward computes LossSums instead of logits.
 
     Usage: `with fused_loss(model, labels) as out: model(input_ids=...)`, then `out[0]`.

@@ -119,7 +119,9 @@ class TqdmReporter(Reporter):
     def on_start(self, total_steps: int, info: dict[str, Any]) -> None:
         from tqdm.auto import tqdm
 
-        self.bar = tqdm(total=total_steps, desc="train", unit="step", file=sys.stderr, dynamic_ncols=True)
+        self.bar = tqdm(
+            total=total_steps, desc="train", unit="step", file=sys.stderr, dynamic_ncols=True
+        )
         self.last_step = int(info.get("start_step", 0))
         self.bar.update(self.last_step)
 

@@ -30,6 +30,8 @@ def warmup_steps_for(total_steps: int, ratio: float) -> int:
     return math.ceil(total_steps * ratio)
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, total_steps: int, warmup_ratio: float, kind: str) -> LambdaLR:
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, total_steps: int, warmup_ratio: float, kind: str
+) -> LambdaLR:
     warmup = warmup_steps_for(total_steps, warmup_ratio)
     return LambdaLR(optimizer, lambda step: lr_factor(step, total_steps, warmup, kind))

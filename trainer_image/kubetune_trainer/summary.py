@@ -42,6 +42,7 @@ def build(loop: Loop, info: Any, total_steps: int, adapter_dir: Path) -> dict[st
     metrics: dict[str, float] = {"train_loss": loop.last_loss, **loop.eval_metrics}
     return {
         "metrics": metrics,
+        "first_loss": loop.first_loss,
         "steps": loop.state.global_step,
         "total_steps": total_steps,
         "epochs": loop.t.epochs,

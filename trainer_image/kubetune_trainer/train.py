@@ -25,7 +25,12 @@ from torch import nn
 from kubetune_api import ConfigError, TrainerConfig
 from kubetune_api.trainer_config import data_source_path
 from kubetune_trainer import summary as summary_mod
-from kubetune_trainer.checkpoint import TrainState, latest_checkpoint, load_checkpoint, save_checkpoint
+from kubetune_trainer.checkpoint import (
+    TrainState,
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
 from kubetune_trainer.data import Batch, DataStats, Example, collate, load_examples, plan_batches
 from kubetune_trainer.distributed import (
     Runtime,
@@ -49,7 +54,9 @@ DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 class RunOptions:
     """How to run (not what to train): resume, device, reporting, test hooks."""
 
-    resume: str = "auto"  # "auto": resume from the output dir's latest checkpoint if any; "never"; or a path
+    resume: str = (
+        "auto"  # "auto": resume from the output dir's latest checkpoint if any; "never"; or a path
+    )
     device: str | None = None  # None: cuda if available, else cpu
     reporters: list[Reporter] = field(default_factory=list)
     stop_after_steps: int | None = None  # simulate preemption after N steps (checkpoint, then stop)
@@ -113,7 +120,9 @@ def build_model(cfg: TrainerConfig, rt: Runtime) -> tuple[nn.Module, Any]:
     if problems:
         raise ConfigError(problems)
     t = cfg.training
-    base = load_base_model(cfg.model.name, cfg.method, dtype=_base_dtype(t.precision, rt.device), device=rt.device)
+    base = load_base_model(
+        cfg.model.name, cfg.method, dtype=_base_dtype(t.precision, rt.device), device=rt.device
+    )
     model, info = apply_method(base, cfg.method, gradient_checkpointing=t.gradient_checkpointing)
     model.train()
     param_dtype = None if t.precision == "fp32" else DTYPES[t.precision]
@@ -121,9 +130,11 @@ def build_model(cfg: TrainerConfig, rt: Runtime) -> tuple[nn.Module, Any]:
 
 
 class Loop:
-    """One training run's state and steps."""
+    """One training run's state and steps: data order, optimizer, schedule, loss scaling."""
 
-    def __init__(self, cfg: TrainerConfig, opts: RunOptions, rt: Runtime, data: Prepared) -> None:
+    def __init__(
+        self, cfg: TrainerConfig, opts: RunOptions, rt: Runtime, data: Prepared, model: nn.Module
+    ) -> None:
         self.cfg, self.opts, self.rt, self.data = cfg, opts, rt, data
         self.output = Path(cfg.output.path or "output")
         self.t = cfg.training
@@ -136,12 +147,28 @@ class Loop:
         self.real_tokens = self.padded_tokens = 0
         self.train_seconds = 0.0
         self.last_loss = float("nan")
+        self.first_loss: float | None = None
         self.eval_metrics: dict[str, float] = {}
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(
+            trainable, lr=self.t.learning_rate, weight_decay=self.t.weight_decay
+        )
+        self.total = self.total_steps()
+        self.scheduler = build_scheduler(
+            self.optimizer, self.total, self.t.warmup_ratio, self.t.scheduler
+        )
+        self.scaler = torch.amp.GradScaler(rt.device.type, enabled=self.t.precision == "fp16")
 
     # -- data order -----------------------------------------------------------------------
     def epoch_batches(self, epoch: int) -> list[list[int]]:
-        return plan_batches(self.lengths, mode=self.t.dynamic_batching, micro_batch_size=self.micro,
-                            max_tokens=self.t.max_tokens_per_batch, seed=self.t.seed, epoch=epoch)
+        return plan_batches(
+            self.lengths,
+            mode=self.t.dynamic_batching,
+            micro_batch_size=self.micro,
+            max_tokens=self.t.max_tokens_per_batch,
+            seed=self.t.seed,
+            epoch=epoch,
+        )
 
     def rank_slots(self, n_batches: int) -> list[int]:
         """This process's micro-batches; -1 marks a no-loss filler so all processes step together."""
@@ -158,8 +185,11 @@ class Loop:
         return min(total, self.t.max_steps) if self.t.max_steps else total
 
     def micro_batch(self, batches: list[list[int]], slot: int) -> Batch:
-        batch = collate([self.data.train[i] for i in batches[max(slot, 0)]],
-                        mode=self.t.dynamic_batching, pad_token_id=self.pad_id)
+        batch = collate(
+            [self.data.train[i] for i in batches[max(slot, 0)]],
+            mode=self.t.dynamic_batching,
+            pad_token_id=self.pad_id,
+        )
         if slot < 0:
             batch.labels.fill_(-100)
             batch.num_real_tokens = 0
@@ -172,12 +202,17 @@ class Loop:
         total = all_reduce_sum(torch.tensor(float(targets), device=dev), self.rt).item()
         loss_sum = torch.zeros((), device=dev)
         for i, b in enumerate(micro_batches):
-            with gradient_sync(model, i == len(micro_batches) - 1), self.autocast(), \
-                    fused_loss(model, b.labels.to(dev), self.t.loss_chunk_size) as out:
-                model(input_ids=b.input_ids.to(dev),
-                      attention_mask=None if b.attention_mask is None else b.attention_mask.to(dev),
-                      position_ids=None if b.position_ids is None else b.position_ids.to(dev),
-                      use_cache=False)
+            with (
+                gradient_sync(model, i == len(micro_batches) - 1),
+                self.autocast(),
+                fused_loss(model, b.labels.to(dev), self.t.loss_chunk_size) as out,
+            ):
+                model(
+                    input_ids=b.input_ids.to(dev),
+                    attention_mask=None if b.attention_mask is None else b.attention_mask.to(dev),
+                    position_ids=None if b.position_ids is None else b.position_ids.to(dev),
+                    use_cache=False,
+                )
             loss = out[0].loss_sum * (self.rt.world_size / max(total, 1.0))
             self.scaler.scale(loss).backward()
             loss_sum += out[0].loss_sum.detach()
@@ -197,16 +232,29 @@ class Loop:
 
     # -- checkpoints and evaluation ----------------------------------------------------------------
     def save(self, model: nn.Module) -> Path:
-        extra = {"scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
-                 "real_tokens": self.real_tokens, "padded_tokens": self.padded_tokens}
-        return save_checkpoint(self.output, model, self.optimizer, extra, self.state, self.rt,
-                               keep=self.opts.keep_checkpoints)
+        extra = {
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "real_tokens": self.real_tokens,
+            "padded_tokens": self.padded_tokens,
+        }
+        return save_checkpoint(
+            self.output,
+            model,
+            self.optimizer,
+            extra,
+            self.state,
+            self.rt,
+            keep=self.opts.keep_checkpoints,
+        )
 
     def resume(self, model: nn.Module) -> None:
         path: Path | None
         if self.opts.resume == "never":
             return
-        path = latest_checkpoint(self.output) if self.opts.resume == "auto" else Path(self.opts.resume)
+        path = (
+            latest_checkpoint(self.output) if self.opts.resume == "auto" else Path(self.opts.resume)
+        )
         if path is None:
             return
         self.state, extra = load_checkpoint(path, model, self.optimizer, self.rt)
@@ -217,8 +265,15 @@ class Loop:
     def run_eval(self, model: nn.Module) -> dict[str, float]:
         if not self.data.eval:
             return {}
-        metrics = evaluate(model, self.data.eval, micro_batch_size=self.micro, pad_token_id=self.pad_id,
-                           device=self.rt.device, autocast=self.autocast(), chunk_size=self.t.loss_chunk_size)
+        metrics = evaluate(
+            model,
+            self.data.eval,
+            micro_batch_size=self.micro,
+            pad_token_id=self.pad_id,
+            device=self.rt.device,
+            autocast=self.autocast(),
+            chunk_size=self.t.loss_chunk_size,
+        )
         self.eval_metrics = metrics
         return metrics
 
@@ -234,25 +289,32 @@ class Loop:
 
 def run(cfg: TrainerConfig, opts: RunOptions) -> dict[str, Any]:
     """Train, evaluate, save the adapter and summary.json; return the summary."""
+    return fit(cfg, opts)[1]
+
+
+def fit(cfg: TrainerConfig, opts: RunOptions) -> tuple[nn.Module, dict[str, Any]]:
+    """`run`, also returning the trained model (tests compare it with the reloaded adapter)."""
     rt = init_runtime(opts.device)
     torch.manual_seed(cfg.training.seed)
     data = prepare_data(cfg)
     model, info = build_model(cfg, rt)
-    loop = Loop(cfg, opts, rt, data)
-    return _train(loop, model, info)
+    loop = Loop(cfg, opts, rt, data, model)
+    return model, _train(loop, model, info)
 
 
 def _train(loop: Loop, model: nn.Module, info: Any) -> dict[str, Any]:
-    t, rt = loop.t, loop.rt
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    loop.optimizer = torch.optim.AdamW(trainable, lr=t.learning_rate, weight_decay=t.weight_decay)
-    total = loop.total_steps()
-    loop.scheduler = build_scheduler(loop.optimizer, total, t.warmup_ratio, t.scheduler)
-    loop.scaler = torch.amp.GradScaler(rt.device.type, enabled=t.precision == "fp16")
+    rt, total = loop.rt, loop.total
     loop.resume(model)
     reporter = _main_reporter(loop)
-    reporter.on_start(total, {"start_step": loop.state.global_step, "world_size": rt.world_size,
-                              "micro_batch_size": loop.micro, "trainable_fraction": info.trainable_fraction})
+    reporter.on_start(
+        total,
+        {
+            "start_step": loop.state.global_step,
+            "world_size": rt.world_size,
+            "micro_batch_size": loop.micro,
+            "trainable_fraction": info.trainable_fraction,
+        },
+    )
     last_ckpt: Path | None = None
     try:
         last_ckpt = _epochs(loop, model, total, reporter)
@@ -260,8 +322,11 @@ def _train(loop: Loop, model: nn.Module, info: Any) -> dict[str, Any]:
         err.checkpoint = str(latest_checkpoint(loop.output) or "")
         raise
     except torch.OutOfMemoryError as err:
-        raise OutOfMemory(str(err).splitlines()[0], step=loop.state.global_step,
-                          checkpoint=str(latest_checkpoint(loop.output) or "")) from err
+        raise OutOfMemory(
+            str(err).splitlines()[0],
+            step=loop.state.global_step,
+            checkpoint=str(latest_checkpoint(loop.output) or ""),
+        ) from err
     if loop.state.global_step < total:  # stopped early on purpose (preemption test)
         return {"stopped_at_step": loop.state.global_step, "checkpoint": str(last_ckpt)}
     loop.run_eval(model)
@@ -282,14 +347,20 @@ def _epochs(loop: Loop, model: nn.Module, total: int, reporter: Reporter) -> Pat
         slots = loop.rank_slots(len(batches))
         for s in range(st.batch_in_epoch, loop.steps_in_epoch(len(batches))):
             started = time.perf_counter()
-            micro = [loop.micro_batch(batches, slot) for slot in slots[s * loop.accum : (s + 1) * loop.accum]]
+            micro = [
+                loop.micro_batch(batches, slot)
+                for slot in slots[s * loop.accum : (s + 1) * loop.accum]
+            ]
             loss = loop._maybe_fault(st.global_step, loop.step(model, micro))
             if not torch.isfinite(torch.tensor(loss)):
-                raise NonFiniteLoss(f"loss became {loss} at step {st.global_step + 1}", step=st.global_step + 1)
+                raise NonFiniteLoss(
+                    f"loss became {loss} at step {st.global_step + 1}", step=st.global_step + 1
+                )
             loop.optimizer_step(model)
             loop.train_seconds += time.perf_counter() - started
             st.global_step, st.batch_in_epoch = st.global_step + 1, s + 1
             loop.last_loss = loss
+            loop.first_loss = loss if loop.first_loss is None else loop.first_loss
             last = _after_step(loop, model, total, reporter) or last
             if st.global_step >= total or st.global_step == loop.opts.stop_after_steps:
                 return loop.save(model) if st.global_step == loop.opts.stop_after_steps else last
@@ -303,8 +374,17 @@ def _after_step(loop: Loop, model: nn.Module, total: int, reporter: Reporter) ->
     if st.global_step % t.logging_steps == 0 or st.global_step == total:
         tok_s = loop.real_tokens / max(loop.train_seconds, 1e-9) if st.global_step else 0.0
         steps_per_epoch = max(1, total // max(t.epochs, 1))
-        reporter.on_step(StepRecord(st.global_step, total, st.global_step / steps_per_epoch, loop.last_loss,
-                                    lr, tok_s, loop.train_seconds))
+        reporter.on_step(
+            StepRecord(
+                st.global_step,
+                total,
+                st.global_step / steps_per_epoch,
+                loop.last_loss,
+                lr,
+                tok_s,
+                loop.train_seconds,
+            )
+        )
     if t.eval_every_steps and st.global_step % t.eval_every_steps == 0 and st.global_step < total:
         metrics = loop.run_eval(model)
         if metrics:
@@ -314,11 +394,15 @@ def _after_step(loop: Loop, model: nn.Module, total: int, reporter: Reporter) ->
     return None
 
 
-def _finish(loop: Loop, model: nn.Module, info: Any, total: int, reporter: Reporter) -> dict[str, Any]:
+def _finish(
+    loop: Loop, model: nn.Module, info: Any, total: int, reporter: Reporter
+) -> dict[str, Any]:
     adapter_dir = loop.output / "adapter"
     state_dict = _full_trainable_state(model)
     if loop.rt.is_main:
-        save_adapter(unwrap(model), adapter_dir, tokenizer=loop.data.tokenizer, state_dict=state_dict)
+        save_adapter(
+            unwrap(model), adapter_dir, tokenizer=loop.data.tokenizer, state_dict=state_dict
+        )
     summary = summary_mod.build(loop, info, total, adapter_dir)
     if loop.rt.is_main:
         summary_mod.write(loop.output, summary)

@@ -121,6 +121,22 @@ def test_8b_shape_config_matches_qwen3_8b_without_allocating() -> None:
     assert SHAPES["tiny"].tie_embeddings is True
 
 
+def test_8b_shape_has_qwen3_8b_parameter_count_on_meta_device() -> None:
+    import torch
+    from transformers import Qwen3ForCausalLM
+
+    with torch.device("meta"):
+        model = Qwen3ForCausalLM(qwen3_config("8b-shape", qt.QWEN3_MODEL_VOCAB_SIZE))
+    assert sum(p.numel() for p in model.parameters()) == 8_190_735_360
+
+
+def test_8b_shape_is_never_allocated_by_build_tiny_model(tmp_path: Path) -> None:
+    from kubetune_trainer.tiny_model import build_tiny_model
+
+    with pytest.raises(ValueError, match="8b-shape"):
+        build_tiny_model(tmp_path, size="8b-shape")
+
+
 def test_unknown_size_names_the_bad_value() -> None:
     with pytest.raises(ValueError, match="'huge'"):
         qwen3_config("huge", 1000)  # type: ignore[arg-type]

@@ -13,7 +13,8 @@ optimisation only, and an unwritable cache falls back to a temporary directory.
 
 Sources checked (public copies of Qwen3's `tokenizer_config.json` / `tokenizer.json`):
 `akougkas/warpio-cli:warpio-docs/ai-docs/model_cards/qwen3:4b.md` for the added-token list, the
-`special` flags and the tokenizer.json pipeline (NFC, isolated regex split, ByteLevel, no regex).
+`special` flags and the tokenizer.json pipeline (NFC, isolated regex split, ByteLevel, no regex);
+`templates/README.md` cites the sources of the chat template.
 """
 
 from __future__ import annotations

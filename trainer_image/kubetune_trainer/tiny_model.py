@@ -20,6 +20,7 @@ its own device). Callers: the `kubetune tiny-model` subcommand and `tests/confte
 from __future__ import annotations
 
 import argparse
+import math
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -157,15 +158,8 @@ def count_parameters(model_dir: Path) -> int:
     for shard in sorted(model_dir.glob("*.safetensors")):
         with safe_open(str(shard), framework="pt") as handle:
             for name in handle.keys():  # noqa: SIM118 (safe_open is not a mapping)
-                total += _numel(handle.get_slice(name).get_shape())
+                total += math.prod(handle.get_slice(name).get_shape())
     return total
-
-
-def _numel(shape: Sequence[int]) -> int:
-    n = 1
-    for dim in shape:
-        n *= dim
-    return n
 
 
 def build_tiny_model(
@@ -193,24 +187,21 @@ def build_tiny_model(
     return out
 
 
+def build_parser() -> argparse.ArgumentParser:
+    """Arguments of `kubetune tiny-model`."""
+    parser = argparse.ArgumentParser(
+        prog="kubetune tiny-model", description="Write a random-weight Qwen3 checkpoint."
+    )
+    parser.add_argument("--out", required=True, type=Path, help="directory to write into")
+    parser.add_argument("--vocab", choices=get_args(Vocab), default="small", help="default: small")
+    parser.add_argument("--size", choices=["tiny", "mid"], default="tiny", help="default: tiny")
+    parser.add_argument("--seed", type=int, default=0, help="weight init seed (default: 0)")
+    return parser
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """`kubetune tiny-model`: write a random-weight Qwen3 and print what was written."""
-    parser = argparse.ArgumentParser(
-        prog="kubetune tiny-model", description=__doc__.splitlines()[0]
-    )
-    parser.add_argument(
-        "--out", required=True, type=Path, help="directory to write the checkpoint into"
-    )
-    parser.add_argument(
-        "--vocab", choices=get_args(Vocab), default="small", help="tokenizer (default: small)"
-    )
-    parser.add_argument(
-        "--size", choices=["tiny", "mid"], default="tiny", help="model size (default: tiny)"
-    )
-    parser.add_argument(
-        "--seed", type=int, default=0, help="weight initialisation seed (default: 0)"
-    )
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     out = build_tiny_model(args.out, vocab=args.vocab, size=args.size, seed=args.seed)
     files = ", ".join(sorted(p.name for p in out.iterdir() if p.is_file()))
     print(f"wrote Qwen3 {args.size} ({args.vocab} vocab) to {out}: {files}")

@@ -103,6 +103,7 @@ class ChatEncoder:
         self.tokenizer = tokenizer
         self.im_end_id = int(vocab[IM_END])
         self.end_of_text_id = int(vocab[END_OF_TEXT])
+        self._pieces: dict[tuple[str, ...], list[str]] = {}
 
     def encode(self, row: Row) -> Encoded:
         """Tokens and roles of a conversation or a text row."""
@@ -151,25 +152,47 @@ class ChatEncoder:
         return text
 
     def _locate(self, rendered: str, turns: tuple[Turn, ...]) -> list[_Span]:
-        """Find each turn's content, in order; an answer must be closed by `<|im_end|>`."""
-        spans, cursor = [], 0
-        for i, turn in enumerate(turns):
-            content = turn.content
-            start = rendered.find(content, cursor)
-            if start < 0 and turn.role == "assistant":
-                content = content.lstrip("\n")  # Qwen3's template strips an answer's leading \n
-                start = rendered.find(content, cursor)
-            if start < 0:
-                raise RowError(
-                    f"messages[{i}].content is changed by the chat template "
-                    "(a <think> block in an answer?), so its tokens cannot be located"
-                )
-            end = start + len(content)
-            if turn.role == "assistant" and not rendered.startswith(IM_END, end):
-                raise RowError(f"the chat template does not close messages[{i}] with {IM_END}")
-            spans.append(_Span(start, end, turn.role))
-            cursor = end
-        return spans
+        """Where each turn's content sits in `rendered`, anchored on the template's own text.
+
+        The template is rendered once per sequence of roles with placeholders for the contents;
+        the real rendering must equal those template pieces with the contents put back (for an
+        answer, Qwen3 may strip leading newlines). A template that rewrites a content (Qwen3
+        turns `<think>...</think>` in an answer into reasoning) fails the row.
+        """
+        pieces = self._template_pieces(tuple(t.role for t in turns))
+        for strip in (False, True):
+            contents = [
+                t.content.lstrip("\n") if strip and t.role == "assistant" else t.content
+                for t in turns
+            ]
+            if _joined(pieces, contents) == rendered:
+                return _spans(pieces, contents, turns)
+        changed = next(
+            (i for i, t in enumerate(turns) if t.role == "assistant" and "think>" in t.content),
+            len(turns) - 1,
+        )
+        raise RowError(
+            f"messages[{changed}].content is changed by the chat template "
+            "(a <think> block in an answer?), so its tokens cannot be located"
+        )
+
+    def _template_pieces(self, roles: tuple[str, ...]) -> list[str]:
+        """The template's text around the contents, for this sequence of roles (cached)."""
+        if roles not in self._pieces:
+            marks = [_placeholder(i) for i in range(len(roles))]
+            text = self.render(tuple(Turn(r, m) for r, m in zip(roles, marks, strict=True)))
+            pieces = []
+            for mark in marks:
+                before, found, text = text.partition(mark)
+                if not found:
+                    raise ValueError(f"the chat template drops or reorders turns of roles {roles}")
+                pieces.append(before)
+            pieces.append(text)
+            for i, role in enumerate(roles):
+                if role == "assistant" and not pieces[i + 1].startswith(IM_END):
+                    raise ValueError(f"the chat template does not close an answer with {IM_END}")
+            self._pieces[roles] = pieces
+        return self._pieces[roles]
 
     def _masked(
         self, out: Encoded, text: str, start: int, stop: int, head_end: int, tail_start: int
@@ -196,3 +219,22 @@ def _reject_control_tokens(where: str, text: str) -> None:
     for token in _CONTROL_TOKENS:
         if token in text:
             raise RowError(f'{where} contains the control token "{token}"')
+
+
+def _placeholder(index: int) -> str:
+    """A content stand-in no template rewrites and no real text contains (private-use chars)."""
+    return f"\ue000kubetune-turn-{index}\ue001"
+
+
+def _joined(pieces: list[str], contents: list[str]) -> str:
+    return "".join(p + c for p, c in zip(pieces, contents, strict=False)) + pieces[-1]
+
+
+def _spans(pieces: list[str], contents: list[str], turns: tuple[Turn, ...]) -> list[_Span]:
+    """Character spans of the contents between the template pieces."""
+    spans, cursor = [], 0
+    for i, (turn, content) in enumerate(zip(turns, contents, strict=True)):
+        start = cursor + len(pieces[i])
+        cursor = start + len(content)
+        spans.append(_Span(start, cursor, turn.role))
+    return spans

@@ -53,7 +53,10 @@ def load_adapter(base: PreTrainedModel, adapter_dir: Path, *, trainable: bool = 
     if is_quantized(base):
         keep_cpu_weights_trainable(base)
     with quiet_peft_deprecations():
-        return PeftModel.from_pretrained(base, str(adapter_dir), is_trainable=trainable)
+        model = PeftModel.from_pretrained(base, str(adapter_dir), is_trainable=trainable)
+    if not trainable:  # peft 0.21 leaves a prefix-tuning prompt encoder trainable regardless
+        model.requires_grad_(False)
+    return model
 
 
 def merge_and_unload(model: nn.Module) -> PreTrainedModel:

@@ -127,11 +127,12 @@ def _pack(
     order: list[int], lengths: Sequence[int], max_tokens: int, rng: random.Random
 ) -> list[list[int]]:
     """Best-fit decreasing: each example goes to the fullest bin it fits in, or a new bin."""
-    too_long = [i for i in order if lengths[i] > max_tokens]
-    if too_long:
-        i = too_long[0]
+    longest = max(order, key=lambda i: lengths[i], default=None)
+    if longest is not None and lengths[longest] > max_tokens:
+        over = sum(1 for n in lengths if n > max_tokens)
         raise ValueError(
-            f"packing: example {i} has {lengths[i]} tokens, more than max_tokens={max_tokens} "
+            f"packing: example {longest} has {lengths[longest]} tokens ({over} examples in all), "
+            f"more than max_tokens={max_tokens} "
             "(raise training.maxTokensPerBatch or lower maxInputTokens + maxTargetTokens)"
         )
     order.sort(key=lambda i: lengths[i], reverse=True)  # stable: the shuffle breaks ties

@@ -131,6 +131,9 @@ start_etcd() {
   wait_until 30 etcd healthy "http://127.0.0.1:$ETCD_PORT/health"
 }
 
+# Loopback only. The `kubernetes` Service gets no endpoints (reconciler none): 127.0.0.1 is not
+# a valid endpoint address, and no pod here runs to use it. requestheader/proxy-client flags
+# set up the front proxy, so aggregated APIs work and components stop logging its absence.
 start_apiserver() {
   start_component kube-apiserver \
     --etcd-servers "http://127.0.0.1:$ETCD_PORT" \
@@ -141,7 +144,13 @@ start_apiserver() {
     --service-account-issuer https://kubernetes.default.svc.cluster.local \
     --service-account-key-file "$PKI_DIR/sa.pub" \
     --service-account-signing-key-file "$PKI_DIR/sa.key" \
-    --service-cluster-ip-range 10.96.0.0/16 --allow-privileged=true
+    --service-cluster-ip-range 10.96.0.0/16 --allow-privileged=true \
+    --requestheader-client-ca-file "$PKI_DIR/ca.crt" \
+    --requestheader-allowed-names front-proxy-client \
+    --requestheader-username-headers X-Remote-User --requestheader-group-headers X-Remote-Group \
+    --requestheader-extra-headers-prefix X-Remote-Extra- \
+    --proxy-client-cert-file "$PKI_DIR/front-proxy-client.crt" \
+    --proxy-client-key-file "$PKI_DIR/front-proxy-client.key"
   wait_until 90 kube-apiserver kubectl_admin get --raw /readyz
 }
 

@@ -35,6 +35,8 @@ generate_pki() {
   new_cert "$dir" controller-manager "/CN=system:kube-controller-manager" "$client"
   new_cert "$dir" scheduler "/CN=system:kube-scheduler" "$client"
   new_cert "$dir" kwok "/O=system:masters/CN=kwok-controller" "$client"
+  # The API server's identity when it proxies to aggregated API servers (front proxy).
+  new_cert "$dir" front-proxy-client "/CN=front-proxy-client" "$client"
   # Service-account tokens: the API server signs with the private key, verifies with the public.
   openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$dir/sa.key" 2>/dev/null
   openssl pkey -in "$dir/sa.key" -pubout -out "$dir/sa.pub" 2>/dev/null

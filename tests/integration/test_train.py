@@ -83,14 +83,16 @@ def first_batch_logits(model: torch.nn.Module, tokenizer: Any) -> torch.Tensor:
         {"type": "lora", "rank": 8, "alpha": 16, "dropout": 0.0},
         {"type": "qlora", "rank": 8, "alpha": 16, "dropout": 0.0},
         {"type": "adapter", "bottleneckSize": 16, "dropout": 0.0},
-        {"type": "prefix-tuning", "numVirtualTokens": 8},
+        # 2,048 prefix parameters on the tiny model learn slowly: a higher rate, more epochs.
+        {"type": "prefix-tuning", "numVirtualTokens": 16, "_training": {"learningRate": 0.1, "epochs": 40}},
     ],
     ids=lambda m: m["type"],
 )
 def test_method_memorises_and_reloads(
     method: dict[str, Any], tiny_model_dir: Path, tmp_path: Path
 ) -> None:
-    cfg = make_config(tiny_model_dir, tmp_path, method)
+    method = dict(method)
+    cfg = make_config(tiny_model_dir, tmp_path, method, **method.pop("_training", {}))
     model, summary = fit(cfg, RunOptions(device="cpu"))
     out = tmp_path / "out"
     assert (out / "summary.json").exists() and (out / "adapter" / "adapter_config.json").exists()

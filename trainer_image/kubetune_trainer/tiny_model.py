@@ -55,11 +55,15 @@ class Qwen3Shape:
     intermediate: int
     tie_embeddings: bool
     max_positions: int = 40_960
+    # Init std. Real checkpoints' embedding rows have a norm of about 1-2; with hidden size 64
+    # the default 0.02 gives 0.16, which caps the logits (tied head, frozen norm) so a tiny
+    # model could not memorise anything with a PEFT method. 0.2 gives real-model-like norms.
+    init_std: float = 0.02
 
 
 SHAPES: dict[str, Qwen3Shape] = {
     # Tied embeddings and 40,960 positions, as Qwen3-0.6B.
-    "tiny": Qwen3Shape(64, 2, 4, 2, 16, 128, tie_embeddings=True),
+    "tiny": Qwen3Shape(64, 2, 4, 2, 16, 128, tie_embeddings=True, init_std=0.2),
     "mid": Qwen3Shape(512, 8, 8, 4, 64, 1536, tie_embeddings=True),
     # Qwen3-8B's config.json.
     "8b-shape": Qwen3Shape(4096, 36, 32, 8, 128, 12_288, tie_embeddings=False),
@@ -86,6 +90,7 @@ def qwen3_config(
         max_position_embeddings=shape.max_positions,
         max_window_layers=shape.layers,
         tie_word_embeddings=shape.tie_embeddings,
+        initializer_range=shape.init_std,
         rope_parameters={"rope_type": "default", "rope_theta": QWEN3_ROPE_THETA},
         bos_token_id=bos_id,
         eos_token_id=eos_id,

@@ -209,7 +209,8 @@ def test_swift_finetune_trains_the_seed_example(tiny_model_dir: Path, tmp_path: 
     assert proc.returncode == 0, proc.stderr[-2000:]
     summary = json.loads((tmp_path / "output" / "summary.json").read_text())
     assert summary["config"]["method"]["rank"] == 16 and summary["micro_batch_size"] == 2
-    assert summary["data"]["train"]["kept"] == 11  # 4 copies of the seed line deduplicated to 1
+    assert summary["data"]["train"]["kept"] == 8  # 4 copies of the seed line deduplicated to 1
+    assert summary["data"]["train"]["duplicates"] == 3
     assert (tmp_path / "output" / "adapter" / "adapter_config.json").exists()
     steps = [
         json.loads(line) for line in proc.stdout.splitlines() if line.startswith('{"event": "step"')

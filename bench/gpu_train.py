@@ -49,7 +49,7 @@ def _quantize_nf4(model: nn.Module, device: torch.device) -> None:
     """Swap every decoder nn.Linear for a bitsandbytes NF4 Linear4bit (lm_head stays bf16)."""
     import bitsandbytes as bnb
 
-    for name, module in list(model.named_modules()):
+    for module in list(model.modules()):
         for child_name, child in list(module.named_children()):
             if not isinstance(child, nn.Linear) or child_name == "lm_head":
                 continue

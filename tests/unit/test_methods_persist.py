@@ -93,17 +93,20 @@ def test_adapter_directory_carries_the_tokenizer_and_chat_template(
     assert again("你好 hello").input_ids == tokenizer("你好 hello").input_ids
 
 
-def test_save_takes_weights_from_a_given_state_dict(tiny_model_dir: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("kind", ["lora", "prefix-tuning"])
+def test_save_takes_weights_from_a_given_state_dict(
+    kind: str, tiny_model_dir: Path, tmp_path: Path
+) -> None:
     """The training loop passes the gathered full state dict when parameters are sharded."""
-    model, ids = trained(tiny_model_dir, "lora")
-    gathered = {k: v.clone() for k, v in model.state_dict().items() if "lora_" in k}
+    model, ids = trained(tiny_model_dir, kind)
+    gathered = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
     expected = logits(model, ids)
     with torch.no_grad():
         for param in model.parameters():
             if param.requires_grad:
                 param.zero_()
     save_adapter(model, tmp_path, state_dict=gathered)
-    reloaded = load_adapter(load(tiny_model_dir, "lora"), tmp_path)
+    reloaded = load_adapter(load(tiny_model_dir, kind), tmp_path)
     torch.testing.assert_close(logits(reloaded, ids), expected, rtol=0, atol=1e-5)
 
 

@@ -26,7 +26,7 @@ def load_base_model(
 ) -> PreTrainedModel:
     """The frozen base model for `method`, in `dtype` (qlora: NF4 weights, `dtype` compute)."""
     check_method(method, AutoConfig.from_pretrained(name_or_path))
-    device = torch.device(device)
+    device = _indexed(torch.device(device))
     if method.type == "qlora":
         model = AutoModelForCausalLM.from_pretrained(
             name_or_path,
@@ -42,3 +42,10 @@ def load_base_model(
     )
     model.requires_grad_(False)
     return model.to(device)  # type: ignore[arg-type]  # transformers wraps `to`; mypy misreads it
+
+
+def _indexed(device: torch.device) -> torch.device:
+    """`cuda` -> `cuda:<current>`: a quantising load places weights by explicit device index."""
+    if device.type == "cuda" and device.index is None:
+        return torch.device("cuda", torch.cuda.current_device())
+    return device

@@ -10,10 +10,13 @@ files and chat template beside it, so `PeftModel.from_pretrained(base, dir)` rea
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import torch
 from peft import PeftModel
+from peft.utils import SAFETENSORS_WEIGHTS_NAME
+from safetensors.torch import save_file
 from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
@@ -37,7 +40,10 @@ def save_adapter(
     """
     peft_model = _as_peft(model)
     out_dir.mkdir(parents=True, exist_ok=True)
-    peft_model.save_pretrained(str(out_dir), state_dict=state_dict)
+    if state_dict is not None and peft_model.active_peft_config.is_prompt_learning:
+        _save_prefix(peft_model, out_dir, state_dict)
+    else:
+        peft_model.save_pretrained(str(out_dir), state_dict=state_dict)
     if tokenizer is not None:
         tokenizer.save_pretrained(str(out_dir))
 
@@ -109,6 +115,18 @@ def load_trainable_state_dict(model: nn.Module, state: dict[str, torch.Tensor]) 
     with torch.no_grad():
         for name, param in params.items():
             param.copy_(state[name])
+
+
+def _save_prefix(model: PeftModel, out_dir: Path, state_dict: dict[str, torch.Tensor]) -> None:
+    """peft saves a prefix from the live (maybe sharded) module and ignores `state_dict`."""
+    key = f"prompt_encoder.{model.active_adapter}.embedding.weight"
+    if key not in state_dict:
+        raise KeyError(f"state_dict has no {key!r}, the prefix-tuning weights")
+    config = copy.deepcopy(model.active_peft_config)
+    config.inference_mode = True
+    config.save_pretrained(str(out_dir))
+    tensors = {"prompt_embeddings": state_dict[key].detach().cpu().contiguous()}
+    save_file(tensors, str(out_dir / SAFETENSORS_WEIGHTS_NAME), metadata={"format": "pt"})
 
 
 def _as_peft(model: nn.Module) -> PeftModel:

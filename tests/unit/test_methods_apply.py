@@ -160,3 +160,9 @@ def test_apply_rejects_a_method_the_model_cannot_take(tiny_model_dir: Path) -> N
         apply_method(base, MethodSpec(type="adapter"), gradient_checkpointing=False)
     with pytest.raises(MethodConfigError, match=r"method\.rank \(128\)"):
         load_base_model(str(tiny_model_dir), MethodSpec(rank=128), dtype=torch.float32)
+
+
+def test_qlora_on_a_full_precision_base_says_it_trains_plain_lora(tiny_model_dir: Path) -> None:
+    base = load(tiny_model_dir, SPECS["lora"])
+    _, info = apply_method(base, SPECS["qlora"], gradient_checkpointing=False)
+    assert "method.type 'qlora' on a base that is not 4-bit: this trains plain LoRA" in info.notes

@@ -40,13 +40,8 @@ def apply_method(
     """
     check_method(method, model.config)
     notes = method_notes(method)
-    checkpointing = gradient_checkpointing
-    if method.type == "prefix-tuning" and checkpointing:
-        log.warning(CHECKPOINTING_OFF)
-        notes.append(CHECKPOINTING_OFF)
-        checkpointing = False
-    if is_quantized(model):
-        keep_cpu_weights_trainable(model)
+    checkpointing = _checkpointing_for(method, gradient_checkpointing, notes)
+    _check_base(model, method, notes)
     set_checkpointing(model, False)  # peft refuses prefix-tuning on a checkpointed model
     peft_model = _wrap(model, build_peft_config(method))
     set_checkpointing(model, checkpointing)
@@ -90,6 +85,24 @@ def set_checkpointing(model: PreTrainedModel, enabled: bool) -> None:
         model.activation_checkpointing_disable()
     else:
         model.gradient_checkpointing_disable()
+
+
+def _checkpointing_for(method: MethodSpec, requested: bool, notes: list[str]) -> bool:
+    """Checkpointing as requested, except for prefix-tuning (off, with a warning)."""
+    if method.type == "prefix-tuning" and requested:
+        log.warning(CHECKPOINTING_OFF)
+        notes.append(CHECKPOINTING_OFF)
+        return False
+    return requested
+
+
+def _check_base(model: PreTrainedModel, method: MethodSpec, notes: list[str]) -> None:
+    """Keep a 4-bit base differentiable on the CPU; say so when qlora gets a full base."""
+    if is_quantized(model):
+        keep_cpu_weights_trainable(model)
+    elif method.type == "qlora":
+        notes.append("method.type 'qlora' on a base that is not 4-bit: this trains plain LoRA")
+        log.warning(notes[-1])
 
 
 def _wrap(model: PreTrainedModel, config: PeftConfig) -> PeftModel:

@@ -27,8 +27,8 @@ test-integration: setup ## Trains and serves tiny Qwen3 models on the CPU
 test-e2e: setup ## Real local control plane (builds it on first use)
 	$(VENV)/bin/pytest -q -m e2e tests/e2e
 
-test: setup ## Every tier: unit, integration, e2e (what CI runs)
-	$(VENV)/bin/pytest -q -m 'not slow or slow' -p no:cacheprovider tests
+test: setup ## Every tier: unit, integration, e2e (what CI runs; builds the control plane on first use)
+	$(VENV)/bin/pytest -q -o addopts='--strict-markers' -p no:cacheprovider tests
 
 crds: setup ## Regenerate the CRDs from the pydantic schema (manifests/crds)
 	PYTHONPATH=operator $(PY) -m kubetune_api.crd --out manifests/crds

@@ -11,7 +11,7 @@ from kubetune_api.crd import build_crd
 from kubetune_api.finetune import FineTuneJobSpec
 from kubetune_api.status import FineTuneJobStatus
 
-COLUMNS = [
+COLUMNS: list[dict[str, Any]] = [
     {
         "name": "Phase",
         "type": "string",
@@ -76,8 +76,12 @@ RULES: dict[str, list[dict[str, Any]]] = {
             "message": "set train (or mixture): there is no training data",
         },
     ],
-    "dataset.train": [ONE_SOURCE],
-    "dataset.eval": [ONE_SOURCE],
+    # dict(...) copies: a shared dict would be written as a YAML anchor and alias.
+    "model.source": [dict(ONE_SOURCE)],
+    "dataset.train": [dict(ONE_SOURCE)],
+    "dataset.eval": [dict(ONE_SOURCE)],
+    "dataset.mixture.[].train": [dict(ONE_SOURCE)],
+    "dataset.mixture.[].eval": [dict(ONE_SOURCE)],
     "method": [_immutable("method")],
     "training": [
         _immutable("training"),

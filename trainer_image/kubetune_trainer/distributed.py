@@ -88,11 +88,12 @@ def shard_model(
 @contextmanager
 def gradient_sync(model: nn.Module, enabled: bool) -> Iterator[None]:
     """Skip the gradient all-reduce/reduce-scatter on all but the last micro-batch."""
-    if hasattr(model, "set_requires_gradient_sync"):  # FSDP2
-        model.set_requires_gradient_sync(enabled)
+    target: Any = model
+    if hasattr(target, "set_requires_gradient_sync"):  # FSDP2
+        target.set_requires_gradient_sync(enabled)
         yield
         return
-    ctx: Any = nullcontext() if enabled or not hasattr(model, "no_sync") else model.no_sync()
+    ctx: Any = nullcontext() if enabled or not hasattr(target, "no_sync") else target.no_sync()
     with ctx:
         yield
 

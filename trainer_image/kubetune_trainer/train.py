@@ -370,7 +370,7 @@ def _epochs(loop: Loop, model: nn.Module, total: int, reporter: Reporter) -> Pat
 
 def _after_step(loop: Loop, model: nn.Module, total: int, reporter: Reporter) -> Path | None:
     t, st = loop.t, loop.state
-    lr = loop.scheduler.get_last_lr()[0]
+    lr = float(loop.scheduler.get_last_lr()[0])
     if st.global_step % t.logging_steps == 0 or st.global_step == total:
         tok_s = loop.real_tokens / max(loop.train_seconds, 1e-9) if st.global_step else 0.0
         steps_per_epoch = max(1, total // max(t.epochs, 1))
@@ -419,4 +419,4 @@ def _full_trainable_state(model: nn.Module) -> dict[str, torch.Tensor] | None:
     if not any(type(p).__name__ == "DTensor" for p in model.parameters()):
         return None
     opts = StateDictOptions(full_state_dict=True, cpu_offload=True, ignore_frozen_params=True)
-    return get_model_state_dict(model, options=opts)
+    return dict(get_model_state_dict(model, options=opts))  # type: ignore[arg-type]

@@ -13,6 +13,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from kubetune_api.base import ApiModel
+from kubetune_api.extras import AugmentationSpec, SearchSpec
 
 DEFAULT_TARGET_MODULES = [
     "q_proj",
@@ -90,6 +91,9 @@ class MixtureEntry(ApiModel):
     train: DataSource = Field(description="Training file of this task.")
     eval: DataSource | None = Field(default=None, description="Evaluation file of this task.")
     weight: float = Field(default=1.0, gt=0, description="Relative sampling weight.")
+    task: str | None = Field(
+        default=None, description="Optional task tag (e.g. qa, summary) for reporting."
+    )
 
 
 class DatasetSpec(ApiModel):
@@ -119,6 +123,16 @@ class DatasetSpec(ApiModel):
         default=None,
         max_length=32,
         description="Several weighted datasets trained jointly (multi-task).",
+    )
+
+    mixture_temperature: float = Field(
+        default=1.0,
+        gt=0,
+        le=100,
+        description="Sampling temperature over mixture sizes x weights: 1 = proportional, larger = flatter.",
+    )
+    augmentation: AugmentationSpec | None = Field(
+        default=None, description="Extra training rows from synonyms or back-translation."
     )
 
     @model_validator(mode="after")
@@ -217,6 +231,13 @@ class TrainingSpec(ApiModel):
     )
     save_every_steps: int | None = Field(
         default=None, ge=1, description="Checkpoint every N steps (and at the end)."
+    )
+    repetition_penalty: float = Field(
+        default=0.0,
+        ge=0,
+        le=10,
+        description="Weight of the token-level unlikelihood loss on tokens already in the target "
+        "prefix (Welleck et al., 2019); 0 disables it.",
     )
     logging_steps: int = Field(default=1, ge=1, description="Log a JSON line every N steps.")
     loss_chunk_size: int = Field(
@@ -350,6 +371,14 @@ class FineTuneJobSpec(ApiModel):
     retry: RetrySpec = Field(default_factory=RetrySpec, description="Automatic retries.")
     suspend: bool = Field(
         default=False, description="true stops the running pod and keeps checkpoints."
+    )
+    search: SearchSpec | None = Field(
+        default=None,
+        description="Run a hyperparameter search; the best trial's adapter is the output.",
+    )
+    strict_preflight: bool = Field(
+        default=False,
+        description="Refuse (instead of warn) when the memory estimate exceeds the GPU.",
     )
     pending_timeout_seconds: int | None = Field(
         default=None, ge=1, description="Fail the job if its pod stays Pending this long."

@@ -21,6 +21,7 @@ from pydantic import Field, ValidationError
 
 from kubetune_api.base import ApiModel
 from kubetune_api.errors import ConfigError
+from kubetune_api.extras import SearchSpec
 from kubetune_api.finetune import (
     DatasetSpec,
     DataSource,
@@ -64,6 +65,9 @@ class TrainerConfig(ApiModel):
         default_factory=TrainingSpec, description="Optimisation settings."
     )
     output: OutputSpec = Field(default_factory=OutputSpec, description="Where results go.")
+    search: SearchSpec | None = Field(
+        default=None, description="Hyperparameter search (kubetune tune)."
+    )
 
     @classmethod
     def from_spec(cls, spec: FineTuneJobSpec) -> TrainerConfig:

@@ -73,6 +73,11 @@ class Attempt(ApiModel):
         default=None,
         description="Config changed for this attempt (field -> new value), e.g. microBatchSize.",
     )
+    reason: str | None = Field(
+        default=None,
+        description="Why this attempt was started and what changed, e.g. "
+        "'OutOfMemory on attempt 0: microBatchSize 4 -> 2, gradientAccumulationSteps 1 -> 2'.",
+    )
 
 
 class OutputStatus(ApiModel):

@@ -1,0 +1,102 @@
+"""`kubetune operator`: run the FineTuneJob operator (kopf) in this process.
+
+    kubetune operator [--namespace NS]... [--all-namespaces] [--kubeconfig PATH]
+                      [--metrics-port 8080] [--health-port 8081] [--trainer-image IMAGE]
+                      [--gpu-tolerations JSON] [--standalone] [--verbose]
+
+In a pod it uses the in-cluster service account; elsewhere the kubeconfig (`--kubeconfig`,
+else KUBECONFIG, else ~/.kube/config). /metrics is Prometheus, /healthz is kopf's liveness
+endpoint. Defaults for the trainer image and GPU tolerations come from KUBETUNE_TRAINER_IMAGE
+and KUBETUNE_GPU_TOLERATIONS. Called by the `kubetune` dispatcher (`kubetune_cli.main`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import os
+from collections.abc import Sequence
+
+from kubetune_operator.settings import Settings, parse_tolerations
+
+
+def build_parser(prog: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description="Run the Kubetune FineTuneJob operator.")
+    scope = p.add_mutually_exclusive_group()
+    scope.add_argument(
+        "--namespace", "-n", action="append", default=[], help="watch this namespace (repeatable)"
+    )
+    scope.add_argument(
+        "--all-namespaces", "-A", action="store_true", help="watch every namespace (the default)"
+    )
+    p.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster, else KUBECONFIG)")
+    p.add_argument(
+        "--metrics-port", type=int, default=8080, help="Prometheus /metrics port (0: off)"
+    )
+    p.add_argument("--health-port", type=int, default=8081, help="liveness /healthz port (0: off)")
+    p.add_argument("--trainer-image", help="default trainer image (env KUBETUNE_TRAINER_IMAGE)")
+    p.add_argument(
+        "--gpu-tolerations",
+        help="JSON list of tolerations added to GPU pods (env KUBETUNE_GPU_TOLERATIONS)",
+    )
+    p.add_argument(
+        "--standalone", action="store_true", help="no kopf peering (one operator replica)"
+    )
+    p.add_argument("--workers", type=int, default=16, help="threads for API calls")
+    p.add_argument("--verbose", "-v", action="store_true", help="debug logging")
+    return p
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    """Environment defaults, overridden by flags."""
+    settings = Settings.from_env()
+    if args.trainer_image:
+        settings = dataclasses.replace(settings, trainer_image=args.trainer_image)
+    if args.gpu_tolerations:
+        tolerations = parse_tolerations(args.gpu_tolerations)
+        settings = dataclasses.replace(settings, gpu_tolerations=tolerations)
+    return settings
+
+
+def main(argv: Sequence[str] | None = None, prog: str = "kubetune operator") -> int:
+    args = build_parser(prog).parse_args(argv)
+    try:
+        settings = settings_from(args)
+    except ValueError as err:
+        print(f"{prog}: error: {err}")
+        return 2
+    return run(args, settings)
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    import kopf
+
+    from kubetune_operator.handlers import post_event, register
+    from kubetune_operator.kube import Kube, connect
+    from kubetune_operator.metrics import OperatorMetrics
+    from kubetune_operator.reconcile import Reconciler
+
+    if args.kubeconfig:
+        os.environ["KUBECONFIG"] = args.kubeconfig  # kopf's own login reads it too
+    kopf.configure(verbose=args.verbose, log_format=kopf.LogFormat.PLAIN)
+    logging.getLogger("kubetune.operator").setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    if not args.verbose:  # kopf logs every handler call at INFO: one line per watch event
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
+    metrics = OperatorMetrics()
+    if args.metrics_port:
+        metrics.serve(args.metrics_port)
+    reconciler = Reconciler(
+        Kube(connect(args.kubeconfig)), settings, metrics, post_event, args.workers
+    )
+    registry = kopf.OperatorRegistry()
+    register(registry, reconciler, metrics)
+    health = f"http://0.0.0.0:{args.health_port}/healthz" if args.health_port else None
+    kopf.run(
+        registry=registry,
+        standalone=args.standalone or None,
+        clusterwide=not args.namespace,
+        namespaces=args.namespace,
+        liveness_endpoint=health,
+    )
+    return 0

@@ -1,0 +1,77 @@
+"""Names, labels and annotations of a FineTuneJob's children: pure and deterministic.
+
+Every child name is derived from the FineTuneJob name (and the attempt number), so building the
+same FineTuneJob twice, or after an operator restart, names the same objects. Names that would
+exceed a Kubernetes limit are shortened with a hash suffix, still deterministically. Called by
+the builders (`job`, `config`, `rbac`) and by `observe`, which maps children back to their owner.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+GROUP = "kubetune.io"
+API_VERSION = "kubetune.io/v1alpha1"
+KIND = "FineTuneJob"
+PLURAL = "finetunejobs"
+FIELD_MANAGER = "kubetune-operator"
+
+LABEL_FTJ = "kubetune.io/finetunejob"  # value: label_value(name); select children with it
+LABEL_ATTEMPT = "kubetune.io/attempt"
+LABEL_COMPONENT = "app.kubernetes.io/component"
+LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+ANNOTATION_FTJ = "kubetune.io/finetunejob"  # the full name (label values stop at 63 characters)
+ANNOTATION_HASH = "kubetune.io/config-hash"  # sha256 of the attempt's config.yaml
+COMPLETION_INDEX = "batch.kubernetes.io/job-completion-index"
+
+JOB_NAME_LIMIT = 52  # pods of an Indexed Job are named <job>-<index>-<5 random>: stay below 63
+LABEL_LIMIT = 63
+
+
+def _bounded(base: str, suffix: str, limit: int) -> str:
+    """`base + suffix`, or a shortened base plus an 8-character hash when that is too long."""
+    clean = re.sub(r"[^a-z0-9-]", "-", base.lower())
+    if len(clean) + len(suffix) <= limit and clean == base:
+        return clean + suffix
+    digest = hashlib.sha256(base.encode()).hexdigest()[:8]
+    head = clean[: max(1, limit - len(suffix) - 9)].rstrip("-")
+    return f"{head}-{digest}{suffix}"
+
+
+def label_value(name: str) -> str:
+    """The value of the `kubetune.io/finetunejob` label (a label value is at most 63 characters)."""
+    return _bounded(name, "", LABEL_LIMIT)
+
+
+def job_name(name: str, attempt: int) -> str:
+    """The batch/v1 Job of one attempt: `<name>-a<N>`; also names its ConfigMap."""
+    return _bounded(name, f"-a{attempt}", JOB_NAME_LIMIT)
+
+
+def config_map_name(name: str, attempt: int) -> str:
+    """The ConfigMap holding the resolved trainer config of one attempt."""
+    return job_name(name, attempt)
+
+
+def service_name(name: str) -> str:
+    """The headless Service that gives multi-node pods stable DNS names (a DNS-1035 label)."""
+    base = _bounded(name, "", JOB_NAME_LIMIT)
+    return base if base[0].isalpha() else f"t-{base}"[:JOB_NAME_LIMIT]
+
+
+def trainer_account_name(name: str) -> str:
+    """ServiceAccount, Role and RoleBinding of the trainer pods of one FineTuneJob."""
+    return _bounded(name, "-trainer", LABEL_LIMIT)
+
+
+def labels(name: str, component: str, attempt: int | None = None) -> dict[str, str]:
+    """Labels every child carries; `attempt` only on per-attempt children."""
+    out = {
+        LABEL_MANAGED_BY: FIELD_MANAGER,
+        LABEL_COMPONENT: component,
+        LABEL_FTJ: label_value(name),
+    }
+    if attempt is not None:
+        out[LABEL_ATTEMPT] = str(attempt)
+    return out

@@ -1,0 +1,151 @@
+"""The reconcile service: read the FineTuneJob, plan, apply children, patch status, post Events.
+
+Handlers call `Reconciler.reconcile(key, ...)` for every trigger (spec change, a child Job or
+pod changed, a deadline). Per FineTuneJob, runs are serialised by a lock and coalesced: while
+one runs, any number of further triggers queue a single follow-up run, which reads fresh state.
+Blocking API calls run on a thread pool so the kopf event loop never waits on the network.
+`requeue_after` of a plan (a pending deadline) schedules a run without any watch event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from kubetune_operator.kube import Kube, KubeError
+from kubetune_operator.metrics import OperatorMetrics
+from kubetune_operator.plan import Event, Observed, Plan, plan_reconcile
+from kubetune_operator.settings import Settings
+from kubetune_operator.status import status_patch
+
+Key = tuple[str, str]
+Json = dict[str, Any]
+EventPoster = Callable[[Json, Event], None]
+log = logging.getLogger("kubetune.operator")
+
+
+@dataclass
+class Indexes:
+    """In-memory snapshots of children, keyed by (namespace, FineTuneJob name) (kopf indexes)."""
+
+    jobs: Mapping[Key, Iterable[Json]]
+    pods: Mapping[Key, Iterable[Json]]
+
+    def observed(self, key: Key) -> Observed:
+        return Observed(list(self.jobs.get(key, [])), list(self.pods.get(key, [])))
+
+
+@dataclass
+class _KeyState:
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    queued: bool = False
+    full: bool = False
+    timer: asyncio.TimerHandle | None = None
+
+
+class Reconciler:
+    """Carries out plans against the API server, one FineTuneJob at a time."""
+
+    def __init__(
+        self,
+        kube: Kube,
+        settings: Settings,
+        metrics: OperatorMetrics,
+        post_event: EventPoster,
+        workers: int = 16,
+    ) -> None:
+        self.kube, self.settings, self.metrics = kube, settings, metrics
+        self.post_event = post_event
+        self.executor = ThreadPoolExecutor(workers, thread_name_prefix="reconcile")
+        self.keys: dict[Key, _KeyState] = {}
+
+    async def reconcile(
+        self, key: Key, indexes: Indexes, *, full: bool = False, trigger: str = "event"
+    ) -> None:
+        """Reconcile one FineTuneJob now, or once more after the run in progress."""
+        state = self.keys.setdefault(key, _KeyState())
+        state.full = state.full or full
+        if state.queued:
+            return
+        state.queued = True
+        async with state.lock:
+            state.queued, full, state.full = False, state.full, False
+            await self._run(key, indexes, full, trigger, state)
+
+    async def _run(
+        self, key: Key, indexes: Indexes, full: bool, trigger: str, state: _KeyState
+    ) -> None:
+        started = time.perf_counter()
+        loop = asyncio.get_running_loop()
+        try:
+            observed = indexes.observed(key)
+            body, plan = await loop.run_in_executor(self.executor, self._sync, key, observed, full)
+        except KubeError as err:
+            self.metrics.reconcile_errors.labels(err.reason or str(err.status)).inc()
+            raise
+        finally:
+            self.metrics.reconcile_seconds.labels(trigger).observe(time.perf_counter() - started)
+        if body is None or plan is None:
+            return
+        for event in plan.events:
+            self.post_event(body, event)
+        self._requeue(key, indexes, plan, state, loop)
+
+    def _sync(self, key: Key, observed: Observed, full: bool) -> tuple[Json | None, Plan | None]:
+        """Blocking part (thread pool): read, plan, apply, delete, patch status."""
+        namespace, name = key
+        body = self.kube.read_finetunejob(namespace, name)
+        if body is None or body["metadata"].get("deletionTimestamp"):
+            return None, None
+        plan = plan_reconcile(body, observed, self.settings, datetime.now(UTC), full=full)
+        for obj in plan.apply:
+            self.kube.apply(obj)
+        for job in plan.delete_jobs:
+            self.kube.delete_job(namespace, job)
+        patch = status_patch(body.get("status"), plan.status)
+        if patch:
+            body = self.kube.patch_finetunejob_status(namespace, name, patch) or body
+        self.metrics.observe_phase(key, plan.status.phase)
+        return body, plan
+
+    def _requeue(
+        self,
+        key: Key,
+        indexes: Indexes,
+        plan: Plan,
+        state: _KeyState,
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        if state.timer is not None:
+            state.timer.cancel()
+            state.timer = None
+        if plan.requeue_after is None:
+            return
+        delay = max(0.5, plan.requeue_after + 0.5)
+
+        def fire() -> None:
+            state.timer = None
+            task = loop.create_task(self.reconcile(key, indexes, trigger="deadline"))
+            task.add_done_callback(_log_failure)
+
+        state.timer = loop.call_later(delay, fire)
+
+    def forget(self, key: Key) -> None:
+        """The FineTuneJob is gone: drop its lock and pending deadline."""
+        state = self.keys.pop(key, None)
+        if state is not None and state.timer is not None:
+            state.timer.cancel()
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _log_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.warning("deadline reconcile failed: %s", task.exception())

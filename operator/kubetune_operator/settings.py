@@ -1,0 +1,53 @@
+"""Operator settings: the trainer image, GPU tolerations and pod defaults, from flags or env.
+
+`Settings.from_env` reads `KUBETUNE_TRAINER_IMAGE` and `KUBETUNE_GPU_TOLERATIONS` (a JSON
+list of tolerations); the CLI overrides them with its flags. The builders receive a `Settings`
+and never read the environment themselves, so they stay pure.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+DEFAULT_TRAINER_IMAGE = "ghcr.io/kubetune/trainer:0.1.0"
+DEFAULT_GPU_TOLERATIONS: tuple[dict[str, Any], ...] = (
+    {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"},
+)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What the operator needs besides a FineTuneJob's spec to build its children."""
+
+    trainer_image: str = DEFAULT_TRAINER_IMAGE
+    gpu_tolerations: tuple[dict[str, Any], ...] = DEFAULT_GPU_TOLERATIONS
+    image_pull_policy: str = "IfNotPresent"
+    master_port: int = 29500  # torchrun rendezvous port on pod 0 of multi-node jobs
+    run_as_user: int = 1000  # the trainer image's non-root user
+    extra_env: tuple[tuple[str, str], ...] = field(default=())
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Defaults, overridden by KUBETUNE_TRAINER_IMAGE and KUBETUNE_GPU_TOLERATIONS."""
+        env = os.environ if environ is None else environ
+        kwargs: dict[str, Any] = {}
+        if env.get("KUBETUNE_TRAINER_IMAGE"):
+            kwargs["trainer_image"] = env["KUBETUNE_TRAINER_IMAGE"]
+        if env.get("KUBETUNE_GPU_TOLERATIONS"):
+            kwargs["gpu_tolerations"] = parse_tolerations(env["KUBETUNE_GPU_TOLERATIONS"])
+        return cls(**kwargs)
+
+
+def parse_tolerations(text: str) -> tuple[dict[str, Any], ...]:
+    """A JSON list of core/v1 tolerations; raises ValueError naming the problem."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"GPU tolerations must be a JSON list: {err}") from None
+    if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+        raise ValueError(f"GPU tolerations must be a JSON list of objects, got {text!r}")
+    return tuple(value)

@@ -1,0 +1,100 @@
+"""Status arithmetic: conditions that keep their transition time, and the minimal status patch.
+
+The operator owns phase, conditions, attempts, output, startTime, completionTime,
+observedGeneration and message; the trainer owns progress and metrics. `status_patch` compares
+only the operator's keys, so a reconcile never overwrites what the trainer reported and patches
+nothing when nothing changed. Pure; called by `plan` and `reconcile`.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from pydantic import ValidationError
+
+from kubetune_api.status import Condition, FineTuneJobStatus
+
+OWNED_KEYS = (
+    "phase",
+    "conditions",
+    "attempts",
+    "output",
+    "startTime",
+    "completionTime",
+    "observedGeneration",
+    "message",
+)
+MAX_MESSAGE = 1024
+
+
+def timestamp(now: datetime) -> str:
+    """RFC 3339 in UTC, second precision, as Kubernetes writes times."""
+    return now.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_time(text: str | None) -> datetime | None:
+    if not text:
+        return None
+    try:
+        return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    except ValueError:
+        return None
+
+
+def shorten(text: str, limit: int = MAX_MESSAGE) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def parse_status(raw: Any) -> FineTuneJobStatus:
+    """The current status; fields that do not parse (an older operator's) are dropped."""
+    data = dict(raw) if isinstance(raw, dict) else {}
+    try:
+        return FineTuneJobStatus.model_validate(data)
+    except ValidationError as err:
+        bad = {str(e["loc"][0]) for e in err.errors() if e.get("loc")}
+        return FineTuneJobStatus.model_validate({k: v for k, v in data.items() if k not in bad})
+
+
+def set_condition(
+    conditions: list[Condition],
+    kind: str,
+    status: bool,
+    reason: str,
+    message: str,
+    now: datetime,
+    generation: int | None = None,
+) -> list[Condition]:
+    """Conditions with `kind` set; lastTransitionTime changes only when the status flips."""
+    value: Literal["True", "False"] = "True" if status else "False"
+    old = next((c for c in conditions if c.type == kind), None)
+    since = old.last_transition_time if old is not None and old.status == value else None
+    new = Condition(
+        type=kind,
+        status=value,
+        reason=reason,
+        message=shorten(message) if message else None,
+        last_transition_time=since or timestamp(now),
+        observed_generation=generation,
+    )
+    return (
+        [c for c in conditions if c.type != kind] + [new]
+        if old is None
+        else [new if c.type == kind else c for c in conditions]
+    )
+
+
+def condition(status: FineTuneJobStatus, kind: str) -> Condition | None:
+    return next((c for c in status.conditions or [] if c.type == kind), None)
+
+
+def status_patch(current: Any, desired: FineTuneJobStatus) -> dict[str, Any]:
+    """A JSON merge patch of the operator's status keys; {} when nothing changed."""
+    have = current if isinstance(current, dict) else {}
+    want = desired.to_wire()
+    patch: dict[str, Any] = {}
+    for key in OWNED_KEYS:
+        if want.get(key) != have.get(key):
+            patch[key] = want.get(key)
+    return patch

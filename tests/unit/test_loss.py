@@ -69,3 +69,30 @@ def test_fused_loss_in_a_real_qwen3_matches_transformers_loss() -> None:
     assert torch.allclose(out[0].loss_sum / out[0].tokens, expected, atol=1e-5)
     # the original head is back afterwards
     assert model(input_ids=ids).logits.shape == (2, 12, 300)
+
+
+def test_unlikelihood_candidates_stay_in_their_run_and_are_distinct() -> None:
+    from kubetune_trainer.loss import _run_starts, unlikelihood_candidates
+
+    # one row: prompt (ignored), run A = 5 6 5 7, ignored gap, run B = 6 8
+    labels = torch.tensor([[IGNORE_INDEX, IGNORE_INDEX, 5, 6, 5, 7, IGNORE_INDEX, 6, 8]])
+    keep = labels[:, 1:].reshape(-1) != IGNORE_INDEX
+    y = labels[:, 1:].reshape(-1)[keep]
+    cands = unlikelihood_candidates(y, _run_starts(keep, labels.shape[1] - 1), window=4)
+    as_sets = [set(row.tolist()) - {-1} for row in cands]
+    assert as_sets == [set(), {5}, {6}, {5, 6}, set(), {6}]  # gold excluded, runs separate
+    assert (cands[3] >= 0).sum() == 2  # 5 appears twice before 7 but is penalised once
+
+
+def test_unlikelihood_adds_penalty_on_repeated_tokens() -> None:
+    torch.manual_seed(0)
+    hidden = torch.randn(1, 8, 8, requires_grad=True)
+    weight = torch.randn(20, 8)
+    labels = torch.tensor([[IGNORE_INDEX, 3, 4, 3, 4, 3, 4, 3]])
+    plain = chunked_cross_entropy(hidden, weight, labels, 4)
+    with_ul = chunked_cross_entropy(hidden, weight, labels, 4, unlikelihood=1.0)
+    assert float(with_ul.loss_sum.detach()) > float(plain.loss_sum.detach())
+    # pushing probability away from earlier tokens: the gradient differs from plain CE
+    g_plain = torch.autograd.grad(plain.loss_sum, hidden)[0]
+    g_ul = torch.autograd.grad(with_ul.loss_sum, hidden)[0]
+    assert not torch.allclose(g_plain, g_ul)

@@ -10,6 +10,13 @@ is replaced, for the duration of a `with fused_loss(model, labels)` block, by on
      recomputes each chunk's logits instead of keeping them all.
 Doing this inside the model's own forward keeps it correct under FSDP2 (the weight is gathered
 there) and with peft prefix-tuning (which wraps the forward). Called by the train and eval loops.
+
+With `unlikelihood > 0` each chunk also adds the token-level unlikelihood loss of Welleck et
+al. (2019, "Neural Text Generation with Unlikelihood Training"): at every supervised position t
+the candidates are the distinct tokens of the same target run before t (at most
+`UL_WINDOW` back, the gold token excluded) and the term is -sum log(1 - p(c)), weighted by the
+coefficient. A "target run" is a maximal span of supervised labels, so packed examples and
+separate assistant turns never penalise each other.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 IGNORE_INDEX = -100
+UL_WINDOW = 64  # how far back in the target the unlikelihood candidates reach
 
 
 @dataclass
@@ -37,17 +45,70 @@ class LossSums:
     tokens: torch.Tensor
 
 
-def _chunk_stats(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def _chunk_stats(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    labels: torch.Tensor,
+    candidates: torch.Tensor | None,
+    ul_weight: float,
+) -> torch.Tensor:
     logits = F.linear(hidden, weight).float()
     loss = F.cross_entropy(logits, labels, reduction="sum")
     correct = (logits.argmax(dim=-1) == labels).sum().to(loss.dtype)
+    if candidates is not None and ul_weight > 0:
+        loss = loss + ul_weight * _unlikelihood(logits, candidates)
     return torch.stack([loss, correct.detach()])
 
 
+def _unlikelihood(logits: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+    """-sum over valid candidates of log(1 - p(candidate)); candidates < 0 are padding."""
+    probs = logits.softmax(dim=-1)
+    valid = candidates >= 0
+    p = probs.gather(1, candidates.clamp(min=0))
+    one_minus = (1.0 - p).clamp(min=1e-5)
+    return -(one_minus.log() * valid).sum()
+
+
+def unlikelihood_candidates(
+    y: torch.Tensor, run_start: torch.Tensor, window: int = UL_WINDOW
+) -> torch.Tensor:
+    """[M, window] earlier distinct tokens of each position's target run (-1 = none).
+
+    y: [M] gold tokens of the supervised positions in order; run_start: [M] index (into y) of
+    the first position of the run each position belongs to.
+    """
+    idx = torch.arange(y.shape[0], device=y.device)
+    back = idx[:, None] - torch.arange(1, window + 1, device=y.device)[None, :]
+    ok = back >= run_start[:, None]
+    cand = torch.where(ok, y[back.clamp(min=0)], torch.full_like(back, -1))
+    cand = torch.where(cand == y[:, None], torch.full_like(cand, -1), cand)
+    same = cand[:, :, None] == cand[:, None, :]
+    earlier = torch.ones(window, window, dtype=torch.bool, device=y.device).tril(-1)
+    dup = (same & earlier[None]).any(dim=-1)
+    return torch.where(dup, torch.full_like(cand, -1), cand)
+
+
+def _run_starts(keep: torch.Tensor, row_len: int) -> torch.Tensor:
+    """For each kept position (flattened [B*(T-1)]), the index among kept ones where its run starts."""
+    pos = torch.arange(keep.shape[0], device=keep.device)
+    prev_kept = torch.zeros_like(keep)
+    prev_kept[1:] = keep[:-1]
+    prev_kept[pos % row_len == 0] = False  # a new row starts a new run
+    starts = keep & ~prev_kept
+    order = torch.cumsum(keep.long(), 0) - 1  # index among kept positions
+    run_id = torch.cumsum(starts.long(), 0)[keep] - 1
+    first_of_run = order[starts]
+    return first_of_run[run_id]
+
+
 def chunked_cross_entropy(
-    hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, chunk_size: int
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    labels: torch.Tensor,
+    chunk_size: int,
+    unlikelihood: float = 0.0,
 ) -> LossSums:
-    """Sum of next-token cross-entropy over supervised positions.
+    """Sum of next-token cross-entropy (+ weighted unlikelihood) over supervised positions.
 
     hidden: [B, T, H] final hidden states; labels: [B, T] with IGNORE_INDEX where no loss.
     """
@@ -55,9 +116,14 @@ def chunked_cross_entropy(
     keep = shifted_labels != IGNORE_INDEX
     h = hidden[:, :-1, :].reshape(-1, hidden.shape[-1])[keep]
     y = shifted_labels[keep]
+    cands = None
+    if unlikelihood > 0 and y.numel():
+        cands = unlikelihood_candidates(y, _run_starts(keep, labels.shape[1] - 1))
     total = hidden.new_zeros(2, dtype=torch.float32)
     for start in range(0, y.shape[0], chunk_size):
-        args = (h[start : start + chunk_size], weight, y[start : start + chunk_size])
+        end = start + chunk_size
+        chunk_cands = None if cands is None else cands[start:end]
+        args = (h[start:end], weight, y[start:end], chunk_cands, unlikelihood)
         if torch.is_grad_enabled():
             total = total + checkpoint(_chunk_stats, *args, use_reentrant=False)
         else:
@@ -77,7 +143,7 @@ def _output_layer(model: nn.Module) -> nn.Linear:
 
 @contextmanager
 def fused_loss(
-    model: nn.Module, labels: torch.Tensor, chunk_size: int = 1024
+    model: nn.Module, labels: torch.Tensor, chunk_size: int = 1024, unlikelihood: float = 0.0
 ) -> Iterator[list[LossSums]]:
     """Within the block, the model's forward computes LossSums instead of logits.
 
@@ -87,7 +153,7 @@ def fused_loss(
     results: list[LossSums] = []
 
     def forward(self: nn.Linear, hidden: torch.Tensor) -> torch.Tensor:
-        sums = chunked_cross_entropy(hidden, self.weight, labels, chunk_size)
+        sums = chunked_cross_entropy(hidden, self.weight, labels, chunk_size, unlikelihood)
         results.append(sums)
         return hidden.new_zeros(1)  # stands in for logits; nothing downstream reads it
 

@@ -11,9 +11,8 @@ Called by the CLI (`kubetune train`, `swift-finetune`, the trainer image's entry
 
 from __future__ import annotations
 
-import hashlib
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +22,6 @@ import torch
 from torch import nn
 
 from kubetune_api import ConfigError, TrainerConfig
-from kubetune_api.trainer_config import data_source_path
 from kubetune_trainer import summary as summary_mod
 from kubetune_trainer.checkpoint import (
     TrainState,
@@ -31,7 +29,7 @@ from kubetune_trainer.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from kubetune_trainer.data import Batch, DataStats, Example, collate, load_examples, plan_batches
+from kubetune_trainer.data import Batch, collate, plan_batches
 from kubetune_trainer.distributed import (
     Runtime,
     all_reduce_sum,
@@ -44,6 +42,7 @@ from kubetune_trainer.evaluate import evaluate
 from kubetune_trainer.failures import NonFiniteLoss, OutOfMemory
 from kubetune_trainer.loss import fused_loss
 from kubetune_trainer.methods import apply_method, load_base_model, save_adapter, validate_method
+from kubetune_trainer.prepare import Prepared, prepare_data
 from kubetune_trainer.progress import Reporter, StepRecord
 from kubetune_trainer.schedule import build_scheduler
 
@@ -64,17 +63,6 @@ class RunOptions:
     keep_checkpoints: int = 2
 
 
-@dataclass
-class Prepared:
-    """Everything loaded before the first step."""
-
-    tokenizer: Any
-    train: list[Example]
-    eval: list[Example]
-    stats: dict[str, DataStats]
-    data_hash: str
-
-
 def _autocast(precision: str, device: torch.device) -> Callable[[], AbstractContextManager[Any]]:
     if precision == "fp32":
         return nullcontext
@@ -85,31 +73,6 @@ def _base_dtype(precision: str, device: torch.device) -> torch.dtype:
     if precision == "fp16" and device.type == "cpu":
         return torch.float32  # CPU fp16 matmuls are slow and lossy; autocast still runs fp16
     return DTYPES[precision]
-
-
-def _file_hash(paths: Sequence[str]) -> str:
-    digest = hashlib.sha256()
-    for p in paths:
-        digest.update(Path(p).read_bytes())
-    return digest.hexdigest()[:16]
-
-
-def prepare_data(cfg: TrainerConfig) -> Prepared:
-    """Tokenizer and tokenized, filtered examples; raises DataError on a bad line."""
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(cfg.model.name)
-    train_path = data_source_path(cfg.dataset.train)
-    if train_path is None:
-        raise ConfigError(["dataset.train: the trainer reads a local path (path or file:// uri)"])
-    train, train_stats = load_examples(train_path, cfg.dataset, tokenizer, progress=True)
-    eval_path = data_source_path(cfg.dataset.eval)
-    stats = {"train": train_stats}
-    evals: list[Example] = []
-    if eval_path is not None:
-        evals, stats["eval"] = load_examples(eval_path, cfg.dataset, tokenizer)
-    paths = [train_path] + ([eval_path] if eval_path else [])
-    return Prepared(tokenizer, train, evals, stats, _file_hash(paths))
 
 
 def build_model(cfg: TrainerConfig, rt: Runtime) -> tuple[nn.Module, Any]:
@@ -161,14 +124,17 @@ class Loop:
 
     # -- data order -----------------------------------------------------------------------
     def epoch_batches(self, epoch: int) -> list[list[int]]:
-        return plan_batches(
-            self.lengths,
+        """Micro-batches of this epoch as indices into `data.train` (a mixture draws a subset)."""
+        drawn = self.data.epoch_indices(self.t.seed, epoch)
+        plan = plan_batches(
+            [self.lengths[i] for i in drawn],
             mode=self.t.dynamic_batching,
             micro_batch_size=self.micro,
             max_tokens=self.t.max_tokens_per_batch,
             seed=self.t.seed,
             epoch=epoch,
         )
+        return [[drawn[i] for i in batch] for batch in plan]
 
     def rank_slots(self, n_batches: int) -> list[int]:
         """This process's micro-batches; -1 marks a no-loss filler so all processes step together."""
@@ -205,7 +171,9 @@ class Loop:
             with (
                 gradient_sync(model, i == len(micro_batches) - 1),
                 self.autocast(),
-                fused_loss(model, b.labels.to(dev), self.t.loss_chunk_size) as out,
+                fused_loss(
+                    model, b.labels.to(dev), self.t.loss_chunk_size, self.t.repetition_penalty
+                ) as out,
             ):
                 model(
                     input_ids=b.input_ids.to(dev),
@@ -263,19 +231,26 @@ class Loop:
         self.real_tokens, self.padded_tokens = extra["real_tokens"], extra["padded_tokens"]
 
     def run_eval(self, model: nn.Module) -> dict[str, float]:
+        """Eval loss, perplexity and accuracy; per task too (`eval_loss/<task>`) for a mixture."""
         if not self.data.eval:
             return {}
-        metrics = evaluate(
+        metrics = self._evaluate(model, self.data.eval)
+        for task, examples in self.data.eval_by_task().items():
+            for key, value in self._evaluate(model, examples).items():
+                metrics[f"{key}/{task}"] = value
+        self.eval_metrics = metrics
+        return metrics
+
+    def _evaluate(self, model: nn.Module, examples: list[Any]) -> dict[str, float]:
+        return evaluate(
             model,
-            self.data.eval,
+            examples,
             micro_batch_size=self.micro,
             pad_token_id=self.pad_id,
             device=self.rt.device,
             autocast=self.autocast(),
             chunk_size=self.t.loss_chunk_size,
         )
-        self.eval_metrics = metrics
-        return metrics
 
     def _maybe_fault(self, step: int, loss: float) -> float:
         kind, _, at = (self.opts.inject_fault or "").partition(":")

@@ -24,7 +24,8 @@ set -euo pipefail
 HACK_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 KUBETUNE_CACHE=${KUBETUNE_CACHE:-$HOME/.cache/kubetune}
 CLUSTER_DIR=${KUBETUNE_CLUSTER_DIR:-$KUBETUNE_CACHE/cluster}
-LOG_DIR="$KUBETUNE_CACHE/logs"   # outside CLUSTER_DIR so logs survive `down` for debugging
+# Logs live outside CLUSTER_DIR so they survive `down` for debugging; one folder per cluster.
+LOG_DIR="$KUBETUNE_CACHE/logs/$(basename "$CLUSTER_DIR")"
 APISERVER_PORT=${KUBETUNE_APISERVER_PORT:-26443}
 ETCD_PORT=${KUBETUNE_ETCD_PORT:-22379}
 KCM_PORT=${KUBETUNE_KCM_PORT:-20257}
@@ -196,7 +197,7 @@ ensure_binaries() {
   if binaries_complete "$BIN_DIR"; then
     info "binaries: cached in $BIN_DIR"
   else
-    build_binaries "$BIN_DIR" "$LOG_DIR/build-$(bin_version).log"
+    build_binaries "$BIN_DIR" "$KUBETUNE_CACHE/logs/build-$(bin_version).log"
     info "binaries: built in $((SECONDS - start))s into $BIN_DIR"
   fi
 }

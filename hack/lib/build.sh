@@ -15,14 +15,20 @@ BINARIES=(kube-apiserver kube-controller-manager kube-scheduler kubectl etcd kwo
 
 # Kubernetes release pinned in hack/tools/go.mod, e.g. v1.36.3.
 kube_version() {
-  awk '$1 == "k8s.io/kubernetes" { print $2 }' "$TOOLS_DIR/go.mod"
+  pinned k8s.io/kubernetes
 }
 
-# Cache key: readable release plus a hash of every pin (go.mod without its comments, go.sum),
-# so any bump rebuilds.
+# Version of a module pinned in hack/tools/go.mod, e.g. `pinned helm.sh/helm/v3` -> v3.21.4.
+pinned() {
+  awk -v m="$1" '$1 == m && $2 ~ /^v/ { print $2; exit }' "$TOOLS_DIR/go.mod"
+}
+
+# Cache key: readable release plus a hash of every pin (go.mod without its comments, go.sum)
+# and of this file (the build recipe), so a bump or a recipe change rebuilds.
 bin_version() {
   local hash
-  hash=$({ grep -v '^//' "$TOOLS_DIR/go.mod"; cat "$TOOLS_DIR/go.sum"; } | sha256sum | cut -c1-12)
+  hash=$({ grep -v '^//' "$TOOLS_DIR/go.mod"; cat "$TOOLS_DIR/go.sum" "${BASH_SOURCE[0]}"; } |
+    sha256sum | cut -c1-12)
   echo "$(kube_version)-$hash"
 }
 
@@ -32,6 +38,22 @@ binaries_complete() {
   for name in "${BINARIES[@]}" kwok-stages.yaml; do
     [[ -e "$dir/$name" ]] || return 1
   done
+}
+
+# Version stamps that upstream release builds set with -X (Kubernetes: hack/lib/version.sh,
+# helm: its Makefile). Without them the binaries report v0.0.0-master, and helm charts with
+# a kubeVersion constraint, or kubectl's version-skew check, would see the wrong version.
+version_ldflags() {
+  local kube helm minor pkg
+  kube=$(kube_version) helm=$(pinned helm.sh/helm/v3)
+  minor=$(cut -d. -f2 <<<"$kube")
+  for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+    printf -- '-X %s.gitVersion=%s -X %s.gitMajor=1 -X %s.gitMinor=%s -X %s.gitTreeState=clean ' \
+      "$pkg" "$kube" "$pkg" "$pkg" "$minor" "$pkg"
+  done
+  printf -- '-X helm.sh/helm/v3/internal/version.version=%s ' "$helm"
+  printf -- '-X helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=%s ' "$minor"
+  printf -- '-X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMinor=%s' "$minor"
 }
 
 # Builds into a temporary sibling and renames it at the end, so an interrupted build never
@@ -44,7 +66,7 @@ build_binaries() {
   # CGO off: static binaries, no C toolchain needed. GOTOOLCHAIN=local: fail clearly rather
   # than download a toolchain. -mod=readonly: go.mod/go.sum are committed and complete.
   if ! (cd "$TOOLS_DIR" && CGO_ENABLED=0 GOTOOLCHAIN=local GOFLAGS="${GOFLAGS:-} -mod=readonly" \
-        go build -trimpath -ldflags='-s -w' -o "$tmp/" tool) >"$build_log" 2>&1; then
+        go build -trimpath -ldflags="-s -w $(version_ldflags)" -o "$tmp/" tool) >"$build_log" 2>&1; then
     rm -rf "$tmp"
     tail -n 20 "$build_log" >&2
     die "build failed; full log: $build_log"

@@ -108,22 +108,13 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 60, what: str = "c
         time.sleep(0.25)
 
 
-def _local_bin_dir() -> Path:
-    """The pinned tools directory, read from ``hack/cluster.sh env``."""
-    script = 'eval "$("$0" env)" && dirname "$(command -v kubectl)"'
-    out = subprocess.run(
-        ["bash", "-c", script, str(CLUSTER_SH)], capture_output=True, text=True, check=True
-    )
-    return Path(out.stdout.strip())
-
-
-def _local_kubeconfig() -> Path:
-    out = subprocess.run(
-        [str(CLUSTER_SH), "env"], capture_output=True, text=True, check=True
-    ).stdout
-    match = re.search(r'^export KUBECONFIG="(.*)"$', out, re.MULTILINE)
-    assert match, f"unexpected `hack/cluster.sh env` output: {out!r}"
-    return Path(match.group(1))
+def _local_cluster() -> Cluster:
+    """The local cluster as ``hack/cluster.sh env`` describes it (KUBECONFIG and PATH lines)."""
+    out = subprocess.run([str(CLUSTER_SH), "env"], capture_output=True, text=True, check=True)
+    kubeconfig = re.search(r'^export KUBECONFIG="(.*)"$', out.stdout, re.MULTILINE)
+    bin_dir = re.search(r'^export PATH="(.*):\$PATH"$', out.stdout, re.MULTILINE)
+    assert kubeconfig and bin_dir, f"unexpected `hack/cluster.sh env` output: {out.stdout!r}"
+    return Cluster(kubeconfig=Path(kubeconfig.group(1)), bin_dir=Path(bin_dir.group(1)))
 
 
 @pytest.fixture(scope="session")
@@ -134,10 +125,15 @@ def cluster() -> Iterator[Cluster]:
         yield Cluster(kubeconfig=Path(external), bin_dir=None)
         return
     already_up = subprocess.run([str(CLUSTER_SH), "status"], capture_output=True).returncode == 0
+    stop_after = not already_up and os.environ.get("KUBETUNE_KEEP_CLUSTER") != "1"
     if not already_up:
-        subprocess.run([str(CLUSTER_SH), "up"], check=True)
-    yield Cluster(kubeconfig=_local_kubeconfig(), bin_dir=_local_bin_dir())
-    if not already_up and os.environ.get("KUBETUNE_KEEP_CLUSTER") != "1":
+        started = subprocess.run([str(CLUSTER_SH), "up"])
+        if started.returncode != 0:
+            if stop_after:  # leave no half-started processes behind
+                subprocess.run([str(CLUSTER_SH), "down"])
+            pytest.fail(f"hack/cluster.sh up failed (exit {started.returncode}); see its output")
+    yield _local_cluster()
+    if stop_after:
         subprocess.run([str(CLUSTER_SH), "down"], check=True)
 
 

@@ -363,11 +363,7 @@ def _failed_attempt(
         }
     )
     events = [
-        Event(
-            "Warning",
-            failure.reason,
-            f"Attempt {current.index} failed: {shorten(failure.message, 512)}",
-        ),
+        Event("Warning", failure.reason, _attempt_failed(current, failure)),
         Event("Normal", "AttemptStarted", _started_message(nxt)),
     ]
     return Plan(new, build_children(ctx.owner, ctx.spec, nxt, ctx.settings), [], events)
@@ -417,6 +413,12 @@ def _fail(
             "message": shorten(f"Failed: {message}"),
         }
     )
-    return Plan(
-        new, delete_jobs=delete or [], events=[Event("Warning", "Failed", shorten(message, 1000))]
-    )
+    events = [
+        Event("Warning", failure.reason, _attempt_failed(attempts[-1], failure)),
+        Event("Warning", "Failed", shorten(message, 1000)),
+    ]
+    return Plan(new, delete_jobs=delete or [], events=events)
+
+
+def _attempt_failed(attempt: Attempt, failure: Failure) -> str:
+    return f"Attempt {attempt.index} failed: {shorten(failure.message, 512)}"

@@ -84,7 +84,11 @@ def first_batch_logits(model: torch.nn.Module, tokenizer: Any) -> torch.Tensor:
         {"type": "qlora", "rank": 8, "alpha": 16, "dropout": 0.0},
         {"type": "adapter", "bottleneckSize": 16, "dropout": 0.0},
         # 2,048 prefix parameters on the tiny model learn slowly: a higher rate, more epochs.
-        {"type": "prefix-tuning", "numVirtualTokens": 16, "_training": {"learningRate": 0.1, "epochs": 40}},
+        {
+            "type": "prefix-tuning",
+            "numVirtualTokens": 16,
+            "_training": {"learningRate": 0.1, "epochs": 40},
+        },
     ],
     ids=lambda m: m["type"],
 )

@@ -1,0 +1,187 @@
+"""The ModelDeployment spec and status: INT8 inference servers per model and a complexity router.
+
+Read by the CRD generator, the operator's ModelDeployment reconciler and `kubetune serve` /
+`kubetune route` (which take the same knobs as flags).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from kubetune_api.base import ApiModel
+from kubetune_api.finetune import ComputeResources, PvcRef, SecretKeyRef, Toleration
+from kubetune_api.status import Condition
+
+
+class AdapterRef(ApiModel):
+    """Which adapter to serve: a FineTuneJob's output, or a path/uri; exactly one."""
+
+    fine_tune_job: str | None = Field(
+        default=None,
+        description="Name of a FineTuneJob in the same namespace: wait until it Succeeded, then serve its adapter.",
+    )
+    path: str | None = Field(default=None, description="Adapter folder as the server pod sees it.")
+    pvc: PvcRef | None = Field(
+        default=None, description="Adapter folder on a PersistentVolumeClaim."
+    )
+    uri: str | None = Field(default=None, description="Adapter URI the image can read.")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> AdapterRef:
+        given = [n for n in ("fine_tune_job", "path", "pvc", "uri") if getattr(self, n) is not None]
+        if len(given) != 1:
+            raise ValueError(f"set exactly one of fineTuneJob, path, pvc, uri (got {len(given)})")
+        return self
+
+
+class ServedModel(ApiModel):
+    """One model behind the router (e.g. `large` and `small`)."""
+
+    name: str = Field(
+        min_length=1,
+        max_length=40,
+        pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
+        description="Short DNS-style name used in object names and by the router (e.g. large, small).",
+    )
+    model: str = Field(
+        min_length=1,
+        description="Base model: hub id (Qwen/Qwen3-8B) or a path in the image/volume.",
+    )
+    model_pvc: PvcRef | None = Field(
+        default=None, description="Volume holding the base model, if not in the image."
+    )
+    adapter: AdapterRef | None = Field(
+        default=None, description="Adapter to merge and serve (optional)."
+    )
+    quantization: Literal["int8", "none"] = Field(
+        default="int8",
+        description="int8: bitsandbytes 8-bit on GPUs, PyTorch dynamic int8 on CPUs; none: bf16/fp32.",
+    )
+    replicas: int = Field(default=1, ge=0, le=100, description="Server pods.")
+    resources: ComputeResources | None = Field(
+        default=None, description="Container requests/limits (cpu, memory)."
+    )
+    gpus: int = Field(
+        default=1, ge=0, le=16, description="nvidia.com/gpu per server pod (0 for CPU serving)."
+    )
+    node_selector: dict[str, str] | None = Field(
+        default=None, description="Node labels the pods require."
+    )
+    tolerations: list[Toleration] | None = Field(
+        default=None, max_length=32, description="Pod tolerations."
+    )
+    image: str | None = Field(
+        default=None, description="Runtime image (default: the operator's setting)."
+    )
+
+
+class ComplexityRouting(ApiModel):
+    """The complexity policy's knob."""
+
+    threshold: float = Field(
+        default=0.5,
+        ge=0,
+        le=1,
+        description="Requests scoring at or above go to the large model, others to small.",
+    )
+    large: str = Field(
+        default="large", description="Name of the model that takes complex requests."
+    )
+    small: str = Field(default="small", description="Name of the model that takes simple requests.")
+
+
+class RoutingSpec(ApiModel):
+    """How the router picks a model for each request."""
+
+    strategy: Literal["complexity", "weighted", "single"] = Field(
+        default="complexity",
+        description="complexity: score each request; weighted: random by weights; single: always `default`.",
+    )
+    complexity: ComplexityRouting = Field(
+        default_factory=ComplexityRouting, description="Complexity policy."
+    )
+    weights: dict[str, float] | None = Field(
+        default=None, description="Model name -> weight, for `weighted`."
+    )
+    default: str | None = Field(
+        default=None, description="Model for `single`, and the fallback's first choice."
+    )
+
+
+class ServerSpec(ApiModel):
+    """Server limits shared by every model."""
+
+    max_batch_size: int = Field(default=8, ge=1, le=256, description="Requests generated together.")
+    max_new_tokens: int = Field(
+        default=512, ge=1, le=32768, description="Cap on max_tokens of a request."
+    )
+    max_queue: int = Field(
+        default=64, ge=1, le=10000, description="Waiting requests before 429 Too Many Requests."
+    )
+    api_key_secret_ref: SecretKeyRef | None = Field(
+        default=None,
+        description="Secret with a bearer token clients must send; unset: no key needed.",
+    )
+    port: int = Field(
+        default=8000, ge=1024, le=65535, description="Container port of servers and router."
+    )
+
+
+class ModelDeploymentSpec(ApiModel):
+    """What a ModelDeployment asks for."""
+
+    models: list[ServedModel] = Field(min_length=1, max_length=8, description="Models to serve.")
+    routing: RoutingSpec = Field(
+        default_factory=RoutingSpec, description="Request routing between models."
+    )
+    server: ServerSpec = Field(default_factory=ServerSpec, description="Server limits and API key.")
+
+    @model_validator(mode="after")
+    def _names_resolve(self) -> ModelDeploymentSpec:
+        names = [m.name for m in self.models]
+        if len(set(names)) != len(names):
+            raise ValueError(f"models[].name must be unique, got {names}")
+        r = self.routing
+        wanted = {"routing.default": r.default}
+        if r.strategy == "complexity" and len(names) > 1:
+            wanted |= {
+                "routing.complexity.large": r.complexity.large,
+                "routing.complexity.small": r.complexity.small,
+            }
+        for where, name in wanted.items():
+            if name is not None and name not in names:
+                raise ValueError(f"{where} names model {name!r}, which is not in models[] {names}")
+        return self
+
+
+class ServedModelStatus(ApiModel):
+    """Observed state of one served model."""
+
+    name: str = Field(description="Model name.")
+    replicas: int = Field(default=0, description="Desired server pods.")
+    ready_replicas: int = Field(default=0, description="Server pods passing /readyz.")
+    adapter: str | None = Field(default=None, description="Adapter being served (path), if any.")
+
+
+class ModelDeploymentStatus(ApiModel):
+    """Observed state of a ModelDeployment."""
+
+    phase: Literal["Pending", "Progressing", "Available", "Degraded", "Failed"] | None = Field(
+        default=None, description="Pending, Progressing, Available, Degraded or Failed."
+    )
+    ready: str | None = Field(default=None, description="Ready server pods over desired, e.g. 3/3.")
+    models: list[ServedModelStatus] | None = Field(
+        default=None, max_length=8, description="Per-model state."
+    )
+    endpoint: str | None = Field(
+        default=None, description="In-cluster URL of the OpenAI-compatible endpoint."
+    )
+    conditions: list[Condition] | None = Field(
+        default=None, max_length=32, description="Latest observations."
+    )
+    observed_generation: int | None = Field(
+        default=None, description="The spec generation last reconciled."
+    )
+    message: str | None = Field(default=None, description="One-line summary of the current state.")

@@ -348,3 +348,12 @@ def delete_and_wait(
         timeout=timeout,
         what=f"pods of {name} to be garbage-collected",
     )
+
+
+def printed_row(kubectl: Kubectl, namespace: str, name: str, wide: bool = False) -> dict[str, str]:
+    """`kubectl get ftj NAME` as column -> value, cut at the header's offsets (empty cells stay '')."""
+    args = ["get", "ftj", name, "-n", namespace] + (["-o", "wide"] if wide else [])
+    header, row = kubectl(*args).stdout.splitlines()[:2]
+    starts = [i for i, ch in enumerate(header) if ch != " " and (i == 0 or header[i - 1] == " ")]
+    bounds = [*starts[1:], max(len(row), len(header)) + 1]
+    return {header[s:e].strip(): row[s:e].strip() for s, e in zip(starts, bounds, strict=True)}

@@ -30,8 +30,8 @@ test-e2e: setup ## Real local control plane (builds it on first use)
 test: setup ## Every tier: unit, integration, e2e (what CI runs; builds the control plane on first use)
 	$(VENV)/bin/pytest -q -o addopts='--strict-markers' -p no:cacheprovider tests
 
-crds: setup ## Regenerate the CRDs from the pydantic schema (manifests/crds)
-	PYTHONPATH=operator $(PY) -m kubetune_api.crd --out manifests/crds
+crds: setup ## Regenerate the CRDs from the pydantic schema (manifests/crds and the chart's templates)
+	PYTHONPATH=operator $(PY) -m kubetune_api.crd --out manifests/crds --chart charts/kubetune/templates/crds
 
 cluster-up: ## Start the local control plane (kube-apiserver, etcd, controller-manager, scheduler, kwok GPU nodes)
 	hack/cluster.sh up

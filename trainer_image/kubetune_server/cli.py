@@ -1,0 +1,95 @@
+"""`kubetune serve`: load a model (+ adapter), quantize it and serve the OpenAI-compatible API.
+
+    kubetune serve --model BASE [--adapter DIR | --fine-tune-job NAME] [--quantization int8|none]
+                   [--host 0.0.0.0] [--port 8000] [--max-batch-size 8] [--max-new-tokens 512]
+                   [--max-queue 64] [--api-key-file F]   (or env KUBETUNE_API_KEY)
+
+The `kubetune` dispatcher imports this module only for `serve`. Flags left unset fall back to
+`KUBETUNE_*` environment variables, then to the ModelDeployment defaults.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from kubetune_server.settings import ServerSettings, env_default, read_api_key
+
+
+def build_parser(prog: str = "kubetune serve") -> argparse.ArgumentParser:
+    """Flags of `kubetune serve`."""
+    p = argparse.ArgumentParser(prog=prog, description="Serve a Qwen3 model over an OpenAI API.")
+    p.add_argument("--model", default=env_default("MODEL"), help="base model path (or hub id)")
+    source = p.add_mutually_exclusive_group()
+    source.add_argument("--adapter", type=Path, default=env_default("ADAPTER"), help="adapter dir")
+    source.add_argument(
+        "--fine-tune-job", default=env_default("FINE_TUNE_JOB"), help="serve this job's adapter"
+    )
+    p.add_argument("--served-model-name", default=env_default("SERVED_MODEL_NAME"))
+    p.add_argument(
+        "--quantization", choices=["int8", "none"], default=env_default("QUANTIZATION", "int8")
+    )
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--host", default=env_default("HOST", "0.0.0.0"))
+    p.add_argument("--port", type=int, default=int(env_default("PORT", "8000") or 8000))
+    p.add_argument(
+        "--max-batch-size", type=int, default=int(env_default("MAX_BATCH_SIZE", "8") or 8)
+    )
+    p.add_argument(
+        "--max-new-tokens", type=int, default=int(env_default("MAX_NEW_TOKENS", "512") or 512)
+    )
+    p.add_argument("--max-queue", type=int, default=int(env_default("MAX_QUEUE", "64") or 64))
+    p.add_argument("--batch-wait-ms", type=float, default=5.0, help="batch collection window")
+    p.add_argument("--api-key-file", type=Path, default=None, help="file holding the bearer token")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--log-level", default="info")
+    return p
+
+
+def settings_from_args(args: argparse.Namespace) -> ServerSettings:
+    """Validated settings; raises ValueError naming the bad flag."""
+    if not args.model:
+        raise ValueError("--model is required (or set KUBETUNE_MODEL)")
+    return ServerSettings(
+        model=args.model,
+        adapter=args.adapter,
+        fine_tune_job=args.fine_tune_job,
+        served_model_name=args.served_model_name,
+        quantization=args.quantization,
+        device=args.device,
+        host=args.host,
+        port=args.port,
+        max_batch_size=args.max_batch_size,
+        max_new_tokens=args.max_new_tokens,
+        max_queue=args.max_queue,
+        batch_wait_ms=args.batch_wait_ms,
+        api_key=read_api_key(args.api_key_file),
+        threads=args.threads,
+    )
+
+
+def main(argv: Sequence[str] | None = None, prog: str = "kubetune serve") -> int:
+    """Parse flags, build the app and run uvicorn until interrupted."""
+    parser = build_parser(prog)
+    args = parser.parse_args(argv)
+    try:
+        settings = settings_from_args(args)
+    except (ValueError, ValidationError, OSError) as err:
+        parser.error(str(err))
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    import torch
+    import uvicorn
+
+    from kubetune_server.app import create_app
+
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
+    app = create_app(settings)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level=args.log_level.lower())
+    return 0

@@ -1,0 +1,110 @@
+"""Run `kubetune serve` / `kubetune route` as a child process on a free port, until ready.
+
+Used by the integration tests and `bench/serve_latency.py`, which need real servers over real
+HTTP. `KubetuneProcess` picks a free loopback port, starts the `kubetune` dispatcher with the
+current interpreter (source roots on PYTHONPATH), polls `/readyz`, and stops the child (SIGTERM,
+then SIGKILL) on exit. The child's output goes to a log file whose tail is shown on failure.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from types import TracebackType
+
+import httpx
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 nobody listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def source_roots() -> list[str]:
+    """The folders holding kubetune_server and kubetune_cli (for the child's PYTHONPATH)."""
+    roots: list[str] = []
+    for package in ("kubetune_server", "kubetune_cli"):
+        spec = importlib.util.find_spec(package)
+        if spec is not None and spec.origin:
+            root = str(Path(spec.origin).parent.parent)
+            if root not in roots:
+                roots.append(root)
+    return roots
+
+
+class KubetuneProcess:
+    """`kubetune <command> ... --host 127.0.0.1 --port P`, started and awaited."""
+
+    def __init__(
+        self,
+        command: str,
+        args: list[str],
+        *,
+        env: dict[str, str] | None = None,
+        ready_s: float = 180,
+    ) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._argv = [sys.executable, "-m", "kubetune_cli.main", command, *args]
+        self._argv += ["--host", "127.0.0.1", "--port", str(self.port)]
+        self._env = {**os.environ, **(env or {})}
+        self._env["PYTHONPATH"] = os.pathsep.join(
+            [*source_roots(), self._env.get("PYTHONPATH", "")]
+        ).rstrip(os.pathsep)
+        self._ready_s = ready_s
+        fd, log_path = tempfile.mkstemp(prefix=f"kubetune-{command}-", suffix=".log")
+        os.close(fd)
+        self.log_path = Path(log_path)
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> KubetuneProcess:
+        self.start()
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        """Start the child and wait until /readyz says 200."""
+        with self.log_path.open("wb") as log:
+            self.proc = subprocess.Popen(
+                self._argv, env=self._env, stdout=log, stderr=subprocess.STDOUT
+            )
+        deadline = time.monotonic() + self._ready_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(
+                    f"{self._argv[3]} exited with {self.proc.returncode}:\n{self.log_tail()}"
+                )
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
+                    return
+            time.sleep(0.2)
+        self.stop()
+        raise TimeoutError(f"{self._argv[3]} not ready in {self._ready_s}s:\n{self.log_tail()}")
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL after 10 s."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+    def log_tail(self, chars: int = 4000) -> str:
+        """The end of the child's output."""
+        return self.log_path.read_text(encoding="utf-8", errors="replace")[-chars:]

@@ -1,0 +1,219 @@
+"""The OpenAI-compatible endpoints: /v1/chat/completions, /v1/completions, /v1/models.
+
+Included by `app.py`. Each completion route turns the request into prompt ids (chat template,
+non-thinking unless `chat_template_kwargs` asks), checks it against the context window (400),
+caps `max_tokens` by the server's `maxNewTokens`, queues it (429 with Retry-After when the queue
+is full) and answers in one body or as server-sent events ending with `data: [DONE]`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from fastapi import APIRouter
+from fastapi.responses import StreamingResponse
+
+from kubetune_server.auth import Authorized
+from kubetune_server.batching import Event, QueueFullError, Ticket
+from kubetune_server.engine import GenerationJob
+from kubetune_server.errors import ApiError, error_body
+from kubetune_server.sampling import SamplingParams
+from kubetune_server.schemas import (
+    AssistantMessage,
+    ChatChoice,
+    ChatCompletion,
+    ChatCompletionRequest,
+    Completion,
+    CompletionChoice,
+    CompletionRequest,
+    ModelCard,
+    ModelList,
+    SamplingFields,
+    Usage,
+)
+from kubetune_server.state import Ready, ReadyServer
+
+router = APIRouter()
+
+RETRY_AFTER_S = 1
+Chunk = Callable[[str | None, str | None], dict[str, Any]]  # (text, finish_reason) -> body
+
+
+@router.get("/v1/models")
+async def list_models(server: Ready, _: Authorized) -> ModelList:
+    """The one model this server serves."""
+    return ModelList(data=[ModelCard(id=server.settings.model_name, created=server.created)])
+
+
+@router.post("/v1/chat/completions", response_model=None)
+async def chat_completions(
+    body: ChatCompletionRequest, server: Ready, _: Authorized
+) -> ChatCompletion | StreamingResponse:
+    """Chat completion, whole or streamed."""
+    messages = [{"role": _role(m.role), "content": m.text()} for m in body.messages]
+    try:
+        prompt = server.engine.chat_prompt_ids(messages, body.chat_template_kwargs)
+    except Exception as err:  # the template rejects some conversations (e.g. no user turn)
+        raise ApiError(400, f"messages cannot be formatted with the chat template: {err}.") from err
+    ticket = _submit(server, prompt, body, body.requested_max_tokens())
+    rid, model, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", server.settings.model_name, _now()
+    if body.stream:
+        head = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": model}
+
+        def chunk(text: str | None, finish: str | None) -> dict[str, Any]:
+            delta = {"content": text} if text is not None else {}
+            return {**head, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+
+        role = {"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}
+        first = {**head, "choices": [role]}
+        return _sse(server, ticket, chunk, head, body.include_usage(), first)
+    text, reason = await _collect(server, ticket)
+    return ChatCompletion(
+        id=rid,
+        created=created,
+        model=model,
+        choices=[ChatChoice(message=AssistantMessage(content=text), finish_reason=reason)],
+        usage=_usage(ticket),
+    )
+
+
+@router.post("/v1/completions", response_model=None)
+async def completions(
+    body: CompletionRequest, server: Ready, _: Authorized
+) -> Completion | StreamingResponse:
+    """Text completion of a raw prompt, whole or streamed."""
+    prompt = server.engine.text_prompt_ids(body.prompt_text())
+    ticket = _submit(server, prompt, body, body.requested_max_tokens())
+    rid, model, created = f"cmpl-{uuid.uuid4().hex[:24]}", server.settings.model_name, _now()
+    if body.stream:
+        head = {"id": rid, "object": "text_completion", "created": created, "model": model}
+
+        def chunk(text: str | None, finish: str | None) -> dict[str, Any]:
+            choice = {"index": 0, "text": text or "", "finish_reason": finish, "logprobs": None}
+            return {**head, "choices": [choice]}
+
+        return _sse(server, ticket, chunk, head, body.include_usage(), None)
+    text, reason = await _collect(server, ticket)
+    return Completion(
+        id=rid,
+        created=created,
+        model=model,
+        choices=[CompletionChoice(text=text, finish_reason=reason)],
+        usage=_usage(ticket),
+    )
+
+
+def _role(role: str) -> str:
+    return "system" if role == "developer" else role
+
+
+def _now() -> int:
+    return int(time.time())
+
+
+def _submit(
+    server: ReadyServer, prompt: list[int], body: SamplingFields, requested: int | None
+) -> Ticket:
+    """Check limits, build the job and queue it."""
+    engine, settings = server.engine, server.settings
+    if len(prompt) >= engine.context_length:
+        raise ApiError(
+            400,
+            f"The prompt has {len(prompt)} tokens; this model's context is "
+            f"{engine.context_length} tokens, which leaves no room to generate.",
+            code="context_length_exceeded",
+        )
+    cap = min(requested or settings.max_new_tokens, settings.max_new_tokens)
+    params = SamplingParams(
+        max_new_tokens=engine.max_new_tokens_for(len(prompt), cap),
+        temperature=body.temperature
+        if body.temperature is not None
+        else engine.loaded.default_temperature,
+        top_p=body.top_p if body.top_p is not None else engine.loaded.default_top_p,
+        stop=tuple(body.stop_list()),
+        seed=body.seed,
+    )
+    try:
+        ticket = server.batcher.submit(GenerationJob(prompt, params))
+    except QueueFullError:
+        raise ApiError(
+            429,
+            "The server is busy (its request queue is full); retry shortly.",
+            type_="rate_limit_exceeded",
+            code="queue_full",
+            headers={"Retry-After": str(RETRY_AFTER_S)},
+        ) from None
+    server.metrics.prompt_tokens.inc(len(prompt))
+    return ticket
+
+
+async def _events(ticket: Ticket) -> AsyncIterator[Event]:
+    while True:
+        event = await ticket.events.get()
+        yield event
+        if event.kind != "text":
+            return
+
+
+async def _collect(server: ReadyServer, ticket: Ticket) -> tuple[str, Any]:
+    """The whole text and finish reason of a non-streamed request."""
+    pieces: list[str] = []
+    try:
+        async for event in _events(ticket):
+            if event.kind == "error":
+                raise ApiError(500, event.text, type_="server_error", code="generation_failed")
+            if event.kind == "done":
+                server.metrics.completion_tokens.inc(ticket.completion_tokens)
+                return "".join(pieces), event.finish_reason
+            pieces.append(event.text)
+    finally:
+        ticket.cancel()  # no-op when finished; stops generation if the client left
+    raise AssertionError("event stream ended without a finish event")
+
+
+def _sse(
+    server: ReadyServer,
+    ticket: Ticket,
+    chunk: Chunk,
+    head: dict[str, Any],
+    include_usage: bool,
+    first: dict[str, Any] | None,
+) -> StreamingResponse:
+    async def body() -> AsyncIterator[str]:
+        try:
+            if first is not None:
+                yield _data(first)
+            async for event in _events(ticket):
+                if event.kind == "error":
+                    yield _data(error_body(event.text, "server_error", "generation_failed"))
+                    break
+                if event.kind == "done":
+                    server.metrics.completion_tokens.inc(ticket.completion_tokens)
+                    yield _data(chunk(None, event.finish_reason))
+                    if include_usage:
+                        yield _data({**head, "choices": [], "usage": _usage(ticket).model_dump()})
+                    break
+                yield _data(chunk(event.text, None))
+            yield "data: [DONE]\n\n"
+        finally:
+            ticket.cancel()
+
+    return StreamingResponse(
+        body(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
+    )
+
+
+def _data(payload: dict[str, Any]) -> str:
+    return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
+
+
+def _usage(ticket: Ticket) -> Usage:
+    return Usage(
+        prompt_tokens=ticket.prompt_tokens,
+        completion_tokens=ticket.completion_tokens,
+        total_tokens=ticket.prompt_tokens + ticket.completion_tokens,
+    )

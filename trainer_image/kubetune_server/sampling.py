@@ -1,0 +1,67 @@
+"""Per-request sampling: each row of a batch picks its next token with its own parameters.
+
+`engine.py` calls `pick_next` once per decoding step. Temperature 0 is greedy (argmax); otherwise
+softmax at the temperature, nucleus (top_p) filtering, and a draw from the request's own seeded
+generator, so a row's tokens never depend on its batch mates. Knows nothing about text or stops.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How one request generates."""
+
+    max_new_tokens: int
+    temperature: float = 0.0
+    top_p: float = 1.0
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+
+    @property
+    def greedy(self) -> bool:
+        """Temperature 0 means argmax."""
+        return self.temperature <= 0.0
+
+
+@dataclass
+class RowSampler:
+    """A request's sampling state: its parameters and random generator."""
+
+    params: SamplingParams
+    generator: torch.Generator = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.generator = torch.Generator(device="cpu")
+        seed = self.params.seed if self.params.seed is not None else secrets.randbits(63)
+        self.generator.manual_seed(seed)
+
+    def pick(self, logits: torch.Tensor) -> int:
+        """The next token id from one row of logits (fp32, on any device)."""
+        if self.params.greedy:
+            return int(torch.argmax(logits).item())
+        probs = torch.softmax(logits.float().cpu() / self.params.temperature, dim=-1)
+        if self.params.top_p < 1.0:
+            probs = top_p_filter(probs, self.params.top_p)
+        return int(torch.multinomial(probs, 1, generator=self.generator).item())
+
+
+def top_p_filter(probs: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Keep the smallest set of most likely tokens whose mass reaches `top_p`; renormalise."""
+    sorted_probs, order = torch.sort(probs, descending=True)
+    before = torch.cumsum(sorted_probs, dim=-1) - sorted_probs
+    sorted_probs[before >= top_p] = 0.0
+    kept = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
+    return kept / kept.sum()
+
+
+def pick_next(logits: torch.Tensor, rows: list[RowSampler]) -> list[int]:
+    """One token per row of `logits` (shape [rows, vocab])."""
+    if all(r.params.greedy for r in rows):
+        return [int(i) for i in torch.argmax(logits, dim=-1).tolist()]
+    return [row.pick(logits[i]) for i, row in enumerate(rows)]

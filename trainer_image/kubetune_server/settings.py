@@ -1,0 +1,87 @@
+"""Settings of `kubetune serve` and `kubetune route`: pydantic models filled from flags and env.
+
+`cli.py` and `router_cli.py` build these from their flags; anything a flag leaves unset may come
+from a `KUBETUNE_*` environment variable (the operator sets env, a person types flags). The API
+key is never a flag value: it is read from `--api-key-file` or `KUBETUNE_API_KEY` (set from a
+Secret), so it does not show up in `ps`. Defaults match the ModelDeployment schema's `spec.server`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Quantization = Literal["int8", "none"]
+Strategy = Literal["complexity", "weighted", "single"]
+
+API_KEY_ENV = "KUBETUNE_API_KEY"
+
+
+class ServerSettings(BaseModel):
+    """Everything the inference server needs to know, validated once at startup."""
+
+    model_config = ConfigDict(frozen=True)
+
+    model: str = Field(min_length=1, description="base model: a local path (or a hub id)")
+    adapter: Path | None = Field(default=None, description="PEFT adapter folder to merge")
+    fine_tune_job: str | None = Field(
+        default=None, description="FineTuneJob whose adapter to serve"
+    )
+    served_model_name: str | None = Field(default=None, description="name in /v1/models")
+    quantization: Quantization = "int8"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    host: str = "0.0.0.0"
+    port: int = Field(default=8000, ge=0, le=65535)
+    max_batch_size: int = Field(default=8, ge=1, le=256)
+    max_new_tokens: int = Field(default=512, ge=1, le=32768)
+    max_queue: int = Field(default=64, ge=1, le=10000)
+    batch_wait_ms: float = Field(default=5.0, ge=0, le=1000, description="batch collection window")
+    api_key: str | None = Field(default=None, repr=False)
+    threads: int | None = Field(default=None, ge=1, description="torch CPU threads (None: torch's)")
+
+    @property
+    def model_name(self) -> str:
+        """The id clients see in /v1/models and in responses."""
+        if self.served_model_name:
+            return self.served_model_name
+        if self.fine_tune_job:
+            return self.fine_tune_job
+        source = self.adapter if self.adapter is not None else Path(self.model)
+        return source.name or str(source)
+
+
+class RouterSettings(BaseModel):
+    """The router's backends and policy."""
+
+    model_config = ConfigDict(frozen=True)
+
+    backends: dict[str, str] = Field(min_length=1, description="name -> base URL")
+    strategy: Strategy = "complexity"
+    threshold: float = Field(default=0.5, ge=0, le=1)
+    large: str = "large"
+    small: str = "small"
+    default: str | None = None
+    weights: dict[str, float] | None = None
+    host: str = "0.0.0.0"
+    port: int = Field(default=8000, ge=0, le=65535)
+    api_key: str | None = Field(default=None, repr=False)
+    backend_api_key: str | None = Field(default=None, repr=False)
+    timeout_s: float = Field(default=300.0, gt=0)
+
+
+def read_api_key(path: Path | None) -> str | None:
+    """The bearer token from `path`, else from $KUBETUNE_API_KEY; None means no key is needed."""
+    if path is not None:
+        key = path.read_text(encoding="utf-8").strip()
+        if not key:
+            raise ValueError(f"--api-key-file {path} is empty")
+        return key
+    return os.environ.get(API_KEY_ENV) or None
+
+
+def env_default(name: str, fallback: str | None = None) -> str | None:
+    """`KUBETUNE_<NAME>` from the environment, else `fallback` (flag defaults use this)."""
+    return os.environ.get(f"KUBETUNE_{name}", fallback)

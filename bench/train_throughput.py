@@ -226,6 +226,7 @@ def main() -> None:
     p.add_argument(
         "--max-tokens", type=int, default=2048, help="token budget of a packed micro-batch"
     )
+    p.add_argument("--repeats", type=int, default=2, help="runs per contestant; the best is kept")
     p.add_argument("--worker", choices=["baseline", "kubetune"], help=argparse.SUPPRESS)
     p.add_argument("--mode", default="packing", help=argparse.SUPPRESS)
     p.add_argument("--model", help=argparse.SUPPRESS)
@@ -243,20 +244,27 @@ def main() -> None:
         model = build_tiny_model(tmp / "model", vocab=args.vocab, size="tiny")
         data = tmp / "train.jsonl"
         make_dataset(data, args.rows, seed=0)
-        results = {
-            "baseline (HF Trainer, pad to longest)": spawn(
-                "baseline", "none", model, data, tmp, args
-            )
-        }
-        for mode in ("packing", "length-grouped", "none"):
-            results[f"kubetune ({mode})"] = spawn("kubetune", mode, model, data, tmp, args)
+        contestants = [("baseline (HF Trainer, pad to longest)", "baseline", "none")] + [
+            (f"kubetune ({mode})", "kubetune", mode)
+            for mode in ("packing", "length-grouped", "none")
+        ]
+        results: dict[str, dict[str, Any]] = {}
+        for _ in range(
+            args.repeats
+        ):  # round-robin, best of N: load spikes hit one try, not one contestant
+            for name, worker, mode in contestants:
+                r = spawn(worker, mode, model, data, tmp, args)
+                best = results.get(name)
+                if best is None or r["tokens_per_second"] > best["tokens_per_second"]:
+                    results[name] = r
     report(results, args)
 
 
 def report(results: dict[str, dict[str, Any]], args: argparse.Namespace) -> None:
     base = next(iter(results.values()))["tokens_per_second"]
     print(
-        f"\nvocab={args.vocab} rows={args.rows} micro={args.micro} max_tokens={args.max_tokens} (CPU, fp32, LoRA r=8)"
+        f"\nvocab={args.vocab} rows={args.rows} micro={args.micro} max_tokens={args.max_tokens} "
+        f"repeats={args.repeats} (CPU, fp32, LoRA r=8)"
     )
     print(
         f"{'contestant':<40}{'real tok/s':>12}{'vs base':>9}{'padding':>9}{'peak RSS MB':>13}{'steps':>7}"

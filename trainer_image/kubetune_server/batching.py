@@ -46,8 +46,13 @@ class Ticket:
     stream: TextStream
     loop: asyncio.AbstractEventLoop
     events: asyncio.Queue[Event] = field(default_factory=asyncio.Queue)
-    completion_tokens: int = 0
+    token_ids: list[int] = field(default_factory=list)
     cancelled: bool = False
+
+    @property
+    def completion_tokens(self) -> int:
+        """Tokens generated so far."""
+        return len(self.token_ids)
 
     @property
     def prompt_tokens(self) -> int:
@@ -139,7 +144,7 @@ class Batcher:
 
         def emit(row: int, token: int) -> bool:
             ticket = batch[row]
-            ticket.completion_tokens += 1
+            ticket.token_ids.append(token)
             piece = ticket.stream.push(token)
             if piece:
                 ticket.send(Event("text", piece))

@@ -43,6 +43,9 @@ def build_parser(prog: str = "kubetune serve") -> argparse.ArgumentParser:
         "--max-new-tokens", type=int, default=int(env_default("MAX_NEW_TOKENS", "512") or 512)
     )
     p.add_argument("--max-queue", type=int, default=int(env_default("MAX_QUEUE", "64") or 64))
+    p.add_argument(
+        "--max-model-len", type=int, default=None, help="context cap (default: the model's)"
+    )
     p.add_argument("--batch-wait-ms", type=float, default=5.0, help="batch collection window")
     p.add_argument("--api-key-file", type=Path, default=None, help="file holding the bearer token")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
@@ -67,6 +70,7 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
         max_new_tokens=args.max_new_tokens,
         max_queue=args.max_queue,
         batch_wait_ms=args.batch_wait_ms,
+        max_model_len=args.max_model_len,
         api_key=read_api_key(args.api_key_file),
         threads=args.threads,
     )

@@ -93,7 +93,7 @@ def load_model(settings: ServerSettings) -> LoadedModel:
         model=model,
         tokenizer=tokenizer,
         device=device,
-        context_length=int(getattr(base.config, "max_position_embeddings", 32768)),
+        context_length=_context_length(base, settings.max_model_len),
         eos_ids=_eos_ids(base, tokenizer),
         pad_id=_pad_id(tokenizer),
         default_temperature=temperature,
@@ -127,6 +127,11 @@ def _with_adapter(base: nn.Module, adapter: Path | None) -> tuple[nn.Module, Pre
         prefix = Prefix(peft_model, int(config.num_virtual_tokens))
         return peft_model, prefix, f"adapter {adapter} attached (prefix-tuning)"
     return peft_model, None, f"adapter {adapter} attached ({config.peft_type})"
+
+
+def _context_length(base: nn.Module, cap: int | None) -> int:
+    native = int(getattr(base.config, "max_position_embeddings", 32768))
+    return min(native, cap) if cap else native
 
 
 def _sampling_defaults(model: str) -> tuple[float, float]:

@@ -76,7 +76,13 @@ async def chat_completions(
         id=rid,
         created=created,
         model=model,
-        choices=[ChatChoice(message=AssistantMessage(content=text), finish_reason=reason)],
+        choices=[
+            ChatChoice(
+                message=AssistantMessage(content=text),
+                finish_reason=reason,
+                token_ids=ticket.token_ids if body.return_token_ids else None,
+            )
+        ],
         usage=_usage(ticket),
     )
 
@@ -102,7 +108,13 @@ async def completions(
         id=rid,
         created=created,
         model=model,
-        choices=[CompletionChoice(text=text, finish_reason=reason)],
+        choices=[
+            CompletionChoice(
+                text=text,
+                finish_reason=reason,
+                token_ids=ticket.token_ids if body.return_token_ids else None,
+            )
+        ],
         usage=_usage(ticket),
     )
 

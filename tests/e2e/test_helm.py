@@ -85,6 +85,10 @@ def release(cluster: Any, kubectl: Any) -> Iterator[Release]:
     """One release of the chart in a fresh namespace; uninstalled at the end if still there."""
     helm = _helm_runner(cluster)
     namespace = f"kubetune-e2e-{uuid.uuid4().hex[:6]}"
+    # CRDs left by an earlier crds.keep=true release still carry the keep annotation, and helm
+    # adopting an object (--take-ownership) does not remove annotations it never set: start clean.
+    for crd in CRDS:
+        kubectl("annotate", "crd", crd, "helm.sh/resource-policy-", check=False)
     out = helm(
         "install", RELEASE, str(CHART), "--create-namespace", "--take-ownership",
         *values_args(namespace, keep=False),

@@ -90,8 +90,11 @@ def register(
     @kopf.on.create(*FTJ, id="reconcile", registry=registry)
     @kopf.on.update(*FTJ, id="reconcile", registry=registry)
     @kopf.on.resume(*FTJ, id="reconcile", registry=registry)
-    async def spec_changed(*, namespace: str | None, name: str, reason: str, **kwargs: Any) -> None:
+    async def spec_changed(
+        *, namespace: str | None, name: str, reason: str, body: kopf.Body, **kwargs: Any
+    ) -> None:
         indexes = Indexes(kwargs["ftj_jobs"], kwargs["ftj_pods"])
+        reconciler.observe((namespace or "", name), dict(body))
         try:
             await reconciler.reconcile((namespace or "", name), indexes, full=True, trigger=reason)
         except KubeError as err:
@@ -119,12 +122,17 @@ def register(
 
     @kopf.on.event(*FTJ, id="phase", registry=registry)
     async def track(
-        *, type: str, namespace: str | None, name: str, status: kopf.Status, **_: Any
+        *,
+        type: str,
+        namespace: str | None,
+        name: str,
+        status: kopf.Status,
+        body: kopf.Body,
+        **_: Any,
     ) -> None:
         key, deleted = (namespace or "", name), type == "DELETED"
         metrics.observe_phase(key, status.get("phase"), deleted=deleted)
-        if deleted:
-            reconciler.forget(key)
+        reconciler.observe(key, dict(body), deleted=deleted)
 
     @kopf.on.probe(id="finetunejobs", registry=registry)
     async def tracked(**_: Any) -> int:

@@ -101,7 +101,7 @@ class Kube:
             raise KubeError(err.status or 0, str(err.reason), str(err.body or err)) from None
         except OSError as err:
             raise KubeError(0, type(err).__name__, str(err)) from None
-        if response.status == 404 and method in ("GET", "DELETE"):
+        if response.status == 404 and method != "POST":
             return None
         if response.status >= 400:
             raise _error(response.status, data)
@@ -123,13 +123,12 @@ class Kube:
         """The FineTuneJob, or None when it is gone."""
         return self._call("GET", finetunejob_path(namespace, name))
 
-    def patch_finetunejob_status(self, namespace: str, name: str, patch: Json) -> Json:
-        """JSON merge patch of the status subresource."""
+    def patch_finetunejob_status(self, namespace: str, name: str, patch: Json) -> Json | None:
+        """JSON merge patch of the status subresource; the new body, or None if it is gone."""
         path = finetunejob_path(namespace, name) + "/status"
-        result = self._call(
+        return self._call(
             "PATCH", path, body={"status": patch}, content_type="application/merge-patch+json"
         )
-        return result or {}
 
     def delete_job(self, namespace: str, name: str) -> None:
         """Delete a Job and (in the background) its pods; a missing Job is fine."""

@@ -4,6 +4,8 @@ Handlers call `Reconciler.reconcile(key, ...)` for every trigger (spec change, a
 pod changed, a deadline). Per FineTuneJob, runs are serialised by a lock and coalesced: while
 one runs, any number of further triggers queue a single follow-up run, which reads fresh state.
 Blocking API calls run on a thread pool so the kopf event loop never waits on the network.
+The FineTuneJob itself comes from `BodyCache` (watch events and the answers to our own status
+patches), so a reconcile GETs it only when it has not been seen yet.
 `requeue_after` of a plan (a pending deadline) schedules a run without any watch event.
 """
 
@@ -18,6 +20,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from kubetune_operator.cache import BodyCache
 from kubetune_operator.kube import Kube, KubeError
 from kubetune_operator.metrics import OperatorMetrics
 from kubetune_operator.plan import Event, Observed, Plan, plan_reconcile
@@ -64,6 +67,14 @@ class Reconciler:
         self.post_event = post_event
         self.executor = ThreadPoolExecutor(workers, thread_name_prefix="reconcile")
         self.keys: dict[Key, _KeyState] = {}
+        self.bodies = BodyCache()
+
+    def observe(self, key: Key, body: Json, deleted: bool = False) -> None:
+        """A FineTuneJob as the watch delivered it (or its deletion)."""
+        if deleted:
+            self.forget(key)
+        else:
+            self.bodies.offer(key, body)
 
     async def reconcile(
         self, key: Key, indexes: Indexes, *, full: bool = False, trigger: str = "event"
@@ -100,7 +111,7 @@ class Reconciler:
     def _sync(self, key: Key, observed: Observed, full: bool) -> tuple[Json | None, Plan | None]:
         """Blocking part (thread pool): read, plan, apply, delete, patch status."""
         namespace, name = key
-        body = self.kube.read_finetunejob(namespace, name)
+        body = self.bodies.get(key) or self.kube.read_finetunejob(namespace, name)
         if body is None or body["metadata"].get("deletionTimestamp"):
             return None, None
         plan = plan_reconcile(body, observed, self.settings, datetime.now(UTC), full=full)
@@ -110,7 +121,12 @@ class Reconciler:
             self.kube.delete_job(namespace, job)
         patch = status_patch(body.get("status"), plan.status)
         if patch:
-            body = self.kube.patch_finetunejob_status(namespace, name, patch) or body
+            answer = self.kube.patch_finetunejob_status(namespace, name, patch)
+            if answer is None:  # deleted meanwhile
+                self.forget(key)
+                return None, None
+            body = answer
+            self.bodies.offer(key, body)
         self.metrics.observe_phase(key, plan.status.phase)
         return body, plan
 
@@ -138,6 +154,7 @@ class Reconciler:
 
     def forget(self, key: Key) -> None:
         """The FineTuneJob is gone: drop its lock and pending deadline."""
+        self.bodies.drop(key)
         state = self.keys.pop(key, None)
         if state is not None and state.timer is not None:
             state.timer.cancel()

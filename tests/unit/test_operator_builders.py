@@ -246,3 +246,17 @@ def test_every_example_parses_and_builds(path: Path) -> None:
     children = build_children(owner, spec, Attempt(index=0, job_name="x"), Settings())
     assert children[-1]["kind"] == "Job"
     assert len(EXAMPLES) >= 6
+
+
+def test_body_cache_keeps_the_newest_resource_version() -> None:
+    from kubetune_operator.cache import BodyCache
+
+    cache = BodyCache()
+    key = ("ns", "faq")
+    cache.offer(key, {"metadata": {"resourceVersion": "20"}, "status": {"phase": "Running"}})
+    cache.offer(key, {"metadata": {"resourceVersion": "19"}, "status": {"phase": "Pending"}})
+    assert cache.get(key) == {"metadata": {"resourceVersion": "20"}, "status": {"phase": "Running"}}
+    cache.offer(key, {"metadata": {"resourceVersion": "21"}, "status": {"phase": "Failed"}})
+    assert (cache.get(key) or {})["status"]["phase"] == "Failed"
+    cache.drop(key)
+    assert cache.get(key) is None

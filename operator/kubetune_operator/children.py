@@ -1,0 +1,34 @@
+"""Every child object of one attempt, in the order they are applied. Pure.
+
+RBAC and the ConfigMap go before the Job: a pod whose ServiceAccount does not exist yet is
+refused, and the Job controller would back off. Called by `plan` and `endings`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+from kubetune_api.finetune import FineTuneJobSpec
+from kubetune_api.status import Attempt
+from kubetune_operator.config import build_config_map
+from kubetune_operator.job import build_job, build_service
+from kubetune_operator.owner import Owner
+from kubetune_operator.rbac import build_role, build_role_binding, build_service_account
+from kubetune_operator.settings import Settings
+
+Json = dict[str, Any]
+
+
+def build_children(
+    owner: Owner, spec: FineTuneJobSpec, attempt: Attempt, settings: Settings
+) -> list[Json]:
+    """Every child of one attempt, in apply order (RBAC and config before the Job)."""
+    config_map = build_config_map(owner, spec, attempt.index, attempt.changes)
+    digest = hashlib.sha256(config_map["data"]["config.yaml"].encode()).hexdigest()[:16]
+    objects = [build_service_account(owner), build_role(owner), build_role_binding(owner)]
+    if spec.resources.nodes > 1:
+        objects.append(build_service(owner, settings))
+    objects.append(config_map)
+    objects.append(build_job(owner, spec, attempt.index, settings, digest))
+    return objects

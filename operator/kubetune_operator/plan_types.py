@@ -1,0 +1,73 @@
+"""The vocabulary of a reconcile plan: observed children, Events, the Plan, its inputs.
+
+Shared by `plan` (the decision) and `endings` (how an attempt ends); pure data.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal
+
+from kubetune_api.finetune import FineTuneJobSpec
+from kubetune_api.status import Attempt, FineTuneJobStatus
+from kubetune_operator import names
+from kubetune_operator.owner import Owner
+from kubetune_operator.settings import Settings
+from kubetune_operator.status import timestamp
+
+Json = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Observed:
+    """Snapshots (see `observe`) of this FineTuneJob's Jobs and pods."""
+
+    jobs: list[Json] = field(default_factory=list)
+    pods: list[Json] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Event:
+    type: Literal["Normal", "Warning"]
+    reason: str
+    message: str
+
+
+@dataclass
+class Plan:
+    """What one reconcile does; `status` is the operator's share of the desired status."""
+
+    status: FineTuneJobStatus
+    apply: list[Json] = field(default_factory=list)
+    delete_jobs: list[str] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
+    requeue_after: float | None = None  # seconds until a deadline (pendingTimeoutSeconds) passes
+
+
+@dataclass
+class Context:
+    """Inputs of one plan, shared by the steps below."""
+
+    owner: Owner
+    spec: FineTuneJobSpec
+    observed: Observed
+    settings: Settings
+    now: datetime
+    generation: int | None
+    full: bool
+
+
+def new_attempt(ctx: Context, index: int, changes: dict[str, str], reason: str | None) -> Attempt:
+    return Attempt(
+        index=index,
+        job_name=names.job_name(ctx.owner.name, index),
+        start_time=timestamp(ctx.now),
+        changes=changes or None,
+        reason=reason,
+    )
+
+
+def started_message(attempt: Attempt) -> str:
+    text = f"Started attempt {attempt.index}: job {attempt.job_name}"
+    return f"{text} ({attempt.reason})" if attempt.reason else text

@@ -69,7 +69,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "kubetune operator") -> 
     try:
         settings = settings_from(args)
     except ValueError as err:
-        print(f"{prog}: error: {err}")
+        print(f"{prog}: error: {err}", file=sys.stderr)
         return 2
     return run(args, settings)
 

@@ -2,7 +2,8 @@
 
     kubetune operator [--namespace NS]... [--all-namespaces] [--kubeconfig PATH]
                       [--metrics-port 8080] [--health-port 8081] [--trainer-image IMAGE]
-                      [--gpu-tolerations JSON] [--standalone] [--verbose]
+                      [--gpu-tolerations JSON] [--standalone | --peering NAME]
+                      [--workers N] [--verbose]
 
 In a pod it uses the in-cluster service account; elsewhere the kubeconfig (`--kubeconfig`,
 else KUBECONFIG, else ~/.kube/config). /metrics is Prometheus, /healthz is kopf's liveness
@@ -43,8 +44,14 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
         "--gpu-tolerations",
         help="JSON list of tolerations added to GPU pods (env KUBETUNE_GPU_TOLERATIONS)",
     )
-    p.add_argument(
+    peering = p.add_mutually_exclusive_group()
+    peering.add_argument(
         "--standalone", action="store_true", help="no kopf peering (one operator replica)"
+    )
+    peering.add_argument(
+        "--peering",
+        metavar="NAME",
+        help="kopf peering object shared by replicas: only the highest-priority one acts",
     )
     p.add_argument(
         "--workers", type=int, default=64, help="threads for API calls (reconciles in flight)"
@@ -113,6 +120,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     kopf.run(
         registry=registry,
         standalone=args.standalone or None,
+        peering_name=args.peering,
         clusterwide=not args.namespace,
         namespaces=args.namespace,
         liveness_endpoint=health,

@@ -4,7 +4,8 @@ Each handler is a few lines: find the FineTuneJob key, call `Reconciler.reconcil
 (Jobs and pods labelled `kubetune.io/finetunejob`) are indexed in memory, so a reconcile reads
 only its FineTuneJob from the API. Handlers never return values (kopf would store them in
 `status`), and kopf keeps its bookkeeping in `kubetune.io/*` annotations, out of the status.
-`register` is called by `cli` with a fresh registry; nothing happens at import time.
+ModelDeployments have their own handlers (`serving.handlers`), attached at the end of
+`register`. `register` is called by `cli` with a fresh registry; nothing happens at import time.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from kubetune_operator.metrics import OperatorMetrics
 from kubetune_operator.observe import job_snapshot, pod_snapshot
 from kubetune_operator.plan import Event
 from kubetune_operator.reconcile import Indexes, Reconciler
+from kubetune_operator.serving import handlers as serving
+from kubetune_operator.serving.reconcile import ServingReconciler
 
 FTJ = (names.GROUP, "v1alpha1", names.PLURAL)
 CHILDREN: dict[str, Any] = {
@@ -137,3 +140,5 @@ def register(
     @kopf.on.probe(id="finetunejobs", registry=registry)
     async def tracked(**_: Any) -> int:
         return len(metrics.phases)  # probe results go to the health endpoint, not to any status
+
+    serving.register(registry, ServingReconciler(reconciler.kube, reconciler.settings, post_event))

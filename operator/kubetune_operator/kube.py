@@ -24,6 +24,7 @@ PLURALS = {
     "Job": "jobs",
     "Role": "roles",
     "RoleBinding": "rolebindings",
+    "Deployment": "deployments",
 }
 REQUEST_TIMEOUT = 30.0
 
@@ -68,6 +69,10 @@ def object_path(obj: Json) -> str:
 
 def finetunejob_path(namespace: str, name: str) -> str:
     return f"/apis/{names.API_VERSION}/namespaces/{namespace}/{names.PLURAL}/{name}"
+
+
+def modeldeployment_path(namespace: str, name: str) -> str:
+    return f"/apis/{names.API_VERSION}/namespaces/{namespace}/modeldeployments/{name}"
 
 
 class Kube:
@@ -129,6 +134,30 @@ class Kube:
         return self._call(
             "PATCH", path, body={"status": patch}, content_type="application/merge-patch+json"
         )
+
+    def read_modeldeployment(self, namespace: str, name: str) -> Json | None:
+        """The ModelDeployment, or None when it is gone."""
+        return self._call("GET", modeldeployment_path(namespace, name))
+
+    def patch_modeldeployment_status(self, namespace: str, name: str, patch: Json) -> Json | None:
+        """JSON merge patch of a ModelDeployment's status; the new body, or None if it is gone."""
+        path = modeldeployment_path(namespace, name) + "/status"
+        return self._call(
+            "PATCH", path, body={"status": patch}, content_type="application/merge-patch+json"
+        )
+
+    def list_labelled(
+        self, api_version: str, plural: str, namespace: str, selector: str
+    ) -> list[Json]:
+        """Objects of one kind in a namespace matching a label selector."""
+        path = f"{_base(api_version)}/namespaces/{namespace}/{plural}"
+        found = self._call("GET", path, query=[("labelSelector", selector)])
+        return list((found or {}).get("items") or [])
+
+    def delete_object(self, api_version: str, plural: str, namespace: str, name: str) -> None:
+        """Delete one namespaced object (dependents in the background); a missing one is fine."""
+        path = f"{_base(api_version)}/namespaces/{namespace}/{plural}/{name}"
+        self._call("DELETE", path, body={"propagationPolicy": "Background"})
 
     def delete_job(self, namespace: str, name: str) -> None:
         """Delete a Job and (in the background) its pods; a missing Job is fine."""

@@ -1,6 +1,7 @@
 """Operator settings: the trainer image, GPU tolerations and pod defaults, from flags or env.
 
-`Settings.from_env` reads `KUBETUNE_TRAINER_IMAGE` and `KUBETUNE_GPU_TOLERATIONS` (a JSON
+`Settings.from_env` reads `KUBETUNE_TRAINER_IMAGE`, `KUBETUNE_SERVER_IMAGE` (ModelDeployment
+pods; default: the trainer image, which is the runtime image) and `KUBETUNE_GPU_TOLERATIONS` (a JSON
 list of tolerations); the CLI overrides them with its flags. The builders receive a `Settings`
 and never read the environment themselves, so they stay pure.
 """
@@ -29,6 +30,12 @@ class Settings:
     master_port: int = 29500  # torchrun rendezvous port on pod 0 of multi-node jobs
     run_as_user: int = 1000  # the trainer image's non-root user
     extra_env: tuple[tuple[str, str], ...] = field(default=())
+    server_image: str | None = None  # ModelDeployment servers/router; None: the trainer image
+
+    @property
+    def runtime_image(self) -> str:
+        """The image of `kubetune serve` / `kubetune route` pods (the runtime image)."""
+        return self.server_image or self.trainer_image
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -37,6 +44,8 @@ class Settings:
         kwargs: dict[str, Any] = {}
         if env.get("KUBETUNE_TRAINER_IMAGE"):
             kwargs["trainer_image"] = env["KUBETUNE_TRAINER_IMAGE"]
+        if env.get("KUBETUNE_SERVER_IMAGE"):
+            kwargs["server_image"] = env["KUBETUNE_SERVER_IMAGE"]
         if env.get("KUBETUNE_GPU_TOLERATIONS"):
             kwargs["gpu_tolerations"] = parse_tolerations(env["KUBETUNE_GPU_TOLERATIONS"])
         return cls(**kwargs)

@@ -1,0 +1,142 @@
+"""A ModelDeployment's status from its Deployments: phase, ready count, endpoint, conditions.
+
+Phases: Pending (a model waits for its FineTuneJob), Progressing (Deployments rolling out or
+pods not ready yet), Available (every Deployment rolled out and all pods ready), Degraded (a
+rollout stalled past its deadline, or pods stopped being ready after a finished rollout) and
+Failed (an invalid spec). One condition, `Ready`, carries the reason (`Available`,
+`WaitingForFineTuneJob`, `Progressing`, `Degraded`, `InvalidSpec`). Pure; called by
+`reconcile`, which patches only what changed (`status_patch`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from kubetune_api.deployment import ModelDeploymentStatus, ServedModelStatus
+from kubetune_api.status import Condition
+from kubetune_operator.serving.adapters import Waiting
+from kubetune_operator.status import set_condition, shorten
+
+Json = dict[str, Any]
+OWNED_KEYS = ("phase", "ready", "models", "endpoint", "conditions", "observedGeneration", "message")
+READY = "Ready"
+
+
+@dataclass(frozen=True)
+class ModelState:
+    """One model's desired replicas, adapter, and its Deployment (None: not built) or wait."""
+
+    name: str
+    replicas: int
+    adapter: str | None
+    deployment: Json | None = None
+    waiting: Waiting | None = None
+
+
+def rollout(deployment: Json | None, replicas: int) -> str:
+    """'done', 'rolling' or 'stalled' for one Deployment as its controller reports it."""
+    if deployment is None:
+        return "rolling"
+    st = deployment.get("status") or {}
+    conds = {c.get("type"): c for c in st.get("conditions") or []}
+    progressing = conds.get("Progressing") or {}
+    if progressing.get("reason") == "ProgressDeadlineExceeded":
+        return "stalled"
+    generation = deployment.get("metadata", {}).get("generation", 0)
+    current = st.get("observedGeneration", 0) >= generation
+    updated = st.get("updatedReplicas", 0) >= replicas
+    ready = st.get("readyReplicas", 0) >= replicas and st.get("replicas", 0) <= replicas
+    if current and updated and ready:
+        return "done"
+    if current and updated and progressing.get("reason") == "NewReplicaSetAvailable":
+        return "stalled"  # rolled out earlier, pods lost readiness since
+    return "rolling"
+
+
+def ready_replicas(deployment: Json | None) -> int:
+    return int(((deployment or {}).get("status") or {}).get("readyReplicas", 0))
+
+
+def _phase(models: list[ModelState], router: Json | None, routed: bool) -> tuple[str, str, str]:
+    """(phase, reason, message)."""
+    waiting = [m for m in models if m.waiting is not None]
+    if waiting:
+        first = waiting[0].waiting
+        assert first is not None
+        return "Pending", first.reason, f"model {waiting[0].name}: {first.message}"
+    states = {m.name: rollout(m.deployment, m.replicas) for m in models}
+    if routed:
+        states["router"] = rollout(router, 1)
+    stalled = sorted(n for n, s in states.items() if s == "stalled")
+    if stalled:
+        return "Degraded", "Degraded", f"not all pods ready: {', '.join(stalled)}"
+    rolling = sorted(n for n, s in states.items() if s == "rolling")
+    if rolling:
+        return "Progressing", "Progressing", f"rolling out: {', '.join(rolling)}"
+    return "Available", "Available", "all models ready"
+
+
+def derive_status(
+    current: ModelDeploymentStatus,
+    models: list[ModelState],
+    router: Json | None,
+    endpoint: str,
+    generation: int | None,
+    now: datetime,
+) -> ModelDeploymentStatus:
+    """The desired status given each model's Deployment (and the router's, when routed)."""
+    phase, reason, message = _phase(models, router, routed=len(models) > 1)
+    ready = sum(min(ready_replicas(m.deployment), m.replicas) for m in models)
+    conditions = set_condition(
+        list(current.conditions or []), READY, phase == "Available", reason, message, now
+    )
+    return ModelDeploymentStatus(
+        phase=phase,  # type: ignore[arg-type]  # one of the Literal's values by construction
+        ready=f"{ready}/{sum(m.replicas for m in models)}",
+        models=[
+            ServedModelStatus(
+                name=m.name,
+                replicas=m.replicas,
+                ready_replicas=ready_replicas(m.deployment),
+                adapter=m.adapter,
+            )
+            for m in models
+        ],
+        endpoint=endpoint,
+        conditions=conditions,
+        observed_generation=generation,
+        message=shorten(message),
+    )
+
+
+def failed_status(
+    current: ModelDeploymentStatus, problems: list[str], generation: int | None, now: datetime
+) -> ModelDeploymentStatus:
+    """Failed/InvalidSpec, naming each bad field; nothing is built."""
+    message = "invalid spec: " + "; ".join(problems)
+    conditions: list[Condition] = set_condition(
+        list(current.conditions or []), READY, False, "InvalidSpec", message, now
+    )
+    return ModelDeploymentStatus(
+        phase="Failed",
+        conditions=conditions,
+        observed_generation=generation,
+        message=shorten(message),
+    )
+
+
+def parse_status(raw: Any) -> ModelDeploymentStatus:
+    """The stored status; one that does not parse counts as empty."""
+    try:
+        return ModelDeploymentStatus.model_validate(raw if isinstance(raw, dict) else {})
+    except ValueError:
+        return ModelDeploymentStatus()
+
+
+def status_patch(current: Any, desired: ModelDeploymentStatus) -> Json:
+    """A JSON merge patch of the status keys that changed; {} when nothing did."""
+    have = current if isinstance(current, dict) else {}
+    want = desired.to_wire()
+    return {k: want.get(k) for k in OWNED_KEYS if want.get(k) != have.get(k)}

@@ -43,6 +43,10 @@ NAMESPACED_RULES = [
     {"apiGroups": [""], "resources": ["configmaps", "services", "serviceaccounts"], "verbs": ["create", "patch"]},
     {"apiGroups": ["rbac.authorization.k8s.io"], "resources": ["roles", "rolebindings"], "verbs": ["create", "patch"]},
     {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},
+    {"apiGroups": ["kubetune.io"], "resources": ["modeldeployments"], "verbs": ["get", "list", "watch", "patch"]},
+    {"apiGroups": ["kubetune.io"], "resources": ["modeldeployments/status"], "verbs": ["get", "patch"]},
+    {"apiGroups": ["apps"], "resources": ["deployments"], "verbs": ["list", "watch", "create", "patch", "delete"]},
+    {"apiGroups": [""], "resources": ["services"], "verbs": ["list", "delete"]},
 ]  # fmt: skip
 CRD_WATCH = {
     "apiGroups": ["apiextensions.k8s.io"],

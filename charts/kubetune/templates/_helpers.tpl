@@ -91,6 +91,9 @@ Roles (watchNamespaces). Derived from what operator/kubetune_operator does:
                indexes Jobs and Pods (list/watch); posts Events (create)
   rbac.py      the trainer's Role grants get/patch on finetunejobs/status: Kubernetes lets the
                operator create that Role only because it holds the same verbs itself
+  serving/     ModelDeployments: kopf watches them (list/watch, progress annotations), GET and
+               PATCH modeldeployments/status; server-side apply of Deployments and Services,
+               list + delete of those no longer in the spec; watches Deployments
 */}}
 {{- define "kubetune.namespacedRules" -}}
 - apiGroups: [kubetune.io]
@@ -114,6 +117,18 @@ Roles (watchNamespaces). Derived from what operator/kubetune_operator does:
 - apiGroups: [""]
   resources: [events]
   verbs: [create]
+- apiGroups: [kubetune.io]
+  resources: [modeldeployments]
+  verbs: [get, list, watch, patch]
+- apiGroups: [kubetune.io]
+  resources: [modeldeployments/status]
+  verbs: [get, patch]
+- apiGroups: [apps]
+  resources: [deployments]
+  verbs: [list, watch, create, patch, delete]
+- apiGroups: [""]
+  resources: [services]
+  verbs: [list, delete]
 {{- end }}
 
 {{/* Operator flags: scope, ports, peering. */}}

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -95,16 +96,18 @@ def _add_health_routes(app: FastAPI) -> None:
     async def healthz(request: Request) -> JSONResponse:
         state = server_state(request)
         if state.load_error:
-            return JSONResponse({"status": "failed", "reason": state.load_error}, 500)
-        return JSONResponse({"status": "ok"})
+            body = {"status": "failed", "reason": state.load_error, "pid": os.getpid()}
+            return JSONResponse(body, 500)
+        return JSONResponse({"status": "ok", "pid": os.getpid()})
 
     @app.get("/readyz", include_in_schema=False)
     async def readyz(request: Request) -> JSONResponse:
         state = server_state(request)
         if not state.ready:
             reason = state.load_error or "loading the model"
-            return JSONResponse({"status": "not ready", "reason": reason}, 503)
-        return JSONResponse({"status": "ready", "model": state.settings.model_name})
+            return JSONResponse({"status": "not ready", "reason": reason, "pid": os.getpid()}, 503)
+        body = {"status": "ready", "model": state.settings.model_name, "pid": os.getpid()}
+        return JSONResponse(body)
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics(request: Request) -> Response:

@@ -157,6 +157,11 @@ class Batcher:
             for ticket in batch:
                 ticket.send(Event("error", f"generation failed: {err}"))
             return
+        log.debug(
+            "batch of %d done: %s",
+            len(batch),
+            [(r, t.completion_tokens, t.cancelled) for t, r in zip(batch, reasons, strict=True)],
+        )
         for ticket, reason in zip(batch, reasons, strict=True):
             tail = ticket.stream.finish()
             if tail:

@@ -80,7 +80,8 @@ class Engine:
             tokens = pick_next(logits, [samplers[i] for i in active])
             keep: list[int] = []
             for j, (row, token) in enumerate(zip(active, tokens, strict=True)):
-                if token in self.loaded.eos_ids or emit(row, token):
+                eos = token in self.loaded.eos_ids and not jobs[row].params.ignore_eos
+                if eos or emit(row, token):
                     finish[row] = "stop"
                     continue
                 produced[row] += 1

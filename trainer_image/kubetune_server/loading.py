@@ -81,10 +81,10 @@ def load_model(settings: ServerSettings) -> LoadedModel:
     model = model.to(device).eval()
     after = model_size_bytes(model)
     log.info(
-        "model size: %.1f MB (%s) -> %.1f MB (%s), %.2fx",
-        before / 1e6,
+        "model size: %s (%s) -> %s (%s), %.3fx",
+        human_bytes(before),
         str(dtype).removeprefix("torch."),
-        after / 1e6,
+        human_bytes(after),
         settings.quantization if settings.quantization == "int8" else "unquantized",
         after / before,
     )
@@ -103,6 +103,16 @@ def load_model(settings: ServerSettings) -> LoadedModel:
         prefix=prefix,
         notes=notes,
     )
+
+
+def human_bytes(n: int) -> str:
+    """`n` bytes with three significant digits: 1.05 MB, 436 MB, 16.4 GB."""
+    value, unit = float(n), "B"
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if value < 1000 or unit == "TB":
+            break
+        value /= 1000
+    return f"{value:.3g} {unit}"
 
 
 def _tokenizer_source(model: str, adapter: Path | None) -> str:

@@ -21,12 +21,18 @@ from types import TracebackType
 
 import httpx
 
+_HANDED_OUT: set[int] = set()
+
 
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 nobody listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A TCP port on 127.0.0.1 nobody listens on now, never the same twice in this process."""
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 def source_roots() -> list[str]:
@@ -76,19 +82,30 @@ class KubetuneProcess:
         self.stop()
 
     def start(self) -> None:
-        """Start the child and wait until /readyz says 200."""
+        """Start the child and wait until it is ready."""
+        self.launch()
+        self.wait_ready()
+
+    def launch(self) -> None:
+        """Start the child without waiting (start several, then `wait_ready` each)."""
         with self.log_path.open("wb") as log:
             self.proc = subprocess.Popen(
                 self._argv, env=self._env, stdout=log, stderr=subprocess.STDOUT
             )
+
+    def wait_ready(self, path: str = "/readyz", statuses: tuple[int, ...] = (200,)) -> None:
+        """Poll `path` until it answers one of `statuses`; raise with the log tail otherwise."""
+        assert self.proc is not None, "launch() first"
         deadline = time.monotonic() + self._ready_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(
                     f"{self._argv[3]} exited with {self.proc.returncode}:\n{self.log_tail()}"
                 )
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
+            with contextlib.suppress(httpx.HTTPError, ValueError):
+                response = httpx.get(f"{self.url}{path}", timeout=2)
+                # the pid proves it is our child answering, not another process on the port
+                if response.status_code in statuses and response.json().get("pid") == self.proc.pid:
                     return
             time.sleep(0.2)
         self.stop()

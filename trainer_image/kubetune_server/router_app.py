@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import random
 import time
 from collections.abc import AsyncIterator
@@ -201,16 +202,15 @@ def _add_routes(app: FastAPI, metrics: RouterMetrics) -> None:
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> JSONResponse:
-        return JSONResponse({"status": "ok"})
+        return JSONResponse({"status": "ok", "pid": os.getpid()})
 
     @app.get("/readyz", include_in_schema=False)
     async def readyz(request: Request) -> JSONResponse:
         router: _Router = request.app.state.router
         ready = await _ready_backends(request.app.state.client, router.settings.backends)
         status = 200 if ready else 503
-        return JSONResponse(
-            {"status": "ready" if ready else "no backend ready", "backends": ready}, status
-        )
+        body = {"status": "ready" if ready else "no backend ready", "backends": ready}
+        return JSONResponse({**body, "pid": os.getpid()}, status)
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics_endpoint() -> Response:

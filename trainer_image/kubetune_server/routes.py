@@ -148,6 +148,7 @@ def _submit(
         top_p=body.top_p if body.top_p is not None else engine.loaded.default_top_p,
         stop=tuple(body.stop_list()),
         seed=body.seed,
+        ignore_eos=body.ignore_eos,
     )
     try:
         ticket = server.batcher.submit(GenerationJob(prompt, params))

@@ -22,6 +22,7 @@ class SamplingParams:
     top_p: float = 1.0
     stop: tuple[str, ...] = ()
     seed: int | None = None
+    ignore_eos: bool = False  # keep generating after an end-of-sequence token (benchmarks)
 
     @property
     def greedy(self) -> bool:

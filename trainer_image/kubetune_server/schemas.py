@@ -67,6 +67,7 @@ class SamplingFields(StrictRequest):
     stream_options: StreamOptions | None = None
     n: int = Field(default=1, ge=1, le=1, description="only one choice per request is served")
     return_token_ids: bool = Field(default=False, description="vLLM extension: echo token ids")
+    ignore_eos: bool = Field(default=False, description="vLLM extension: generate past EOS")
 
     @field_validator("stop")
     @classmethod

@@ -1,0 +1,175 @@
+"""`kubetune route` for real: two `kubetune serve` processes behind router processes.
+
+Backends: `large` and `small` serve the same tiny Qwen3 under different names (the response's
+`model` and the `x-kubetune-backend` header say who answered); `broken` is a real server whose
+model cannot load, so it answers 503; `dead` is a port nobody listens on. Routers: a healthy one,
+one whose large backend is dead (connection refused) and one whose large backend is broken (5xx).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from kubetune_server.process import KubetuneProcess, free_port
+
+pytestmark = pytest.mark.integration
+
+EASY = "如何申请信用卡？"
+HARD = "Prove step by step that sqrt(2) is irrational, and derive the formula for x^2 = 2."
+
+
+def serve(model: Path, name: str) -> KubetuneProcess:
+    args = ["--model", str(model), "--served-model-name", name, "--max-new-tokens", "16"]
+    return KubetuneProcess("serve", [*args, "--threads", "1", "--max-model-len", "512"])
+
+
+def route(large: str, small: str) -> KubetuneProcess:
+    return KubetuneProcess("route", ["--backend", f"large={large}", "--backend", f"small={small}"])
+
+
+@pytest.fixture(scope="module")
+def stack(tiny_model_dir: Path) -> Iterator[dict[str, KubetuneProcess]]:
+    procs = {
+        "large": serve(tiny_model_dir, "large-model"),
+        "small": serve(tiny_model_dir, "small-model"),
+        "broken": serve(tiny_model_dir / "missing", "broken-model"),
+    }
+    try:
+        for proc in procs.values():
+            proc.launch()
+        procs["large"].wait_ready()
+        procs["small"].wait_ready()
+        procs["broken"].wait_ready("/healthz", statuses=(500,))  # up, but its model failed
+        small = procs["small"].url
+        procs["router"] = route(procs["large"].url, small)
+        procs["router_dead"] = route(f"http://127.0.0.1:{free_port()}", small)
+        procs["router_5xx"] = route(procs["broken"].url, small)
+        for name in ("router", "router_dead", "router_5xx"):
+            procs[name].start()
+        yield procs
+    finally:
+        for proc in procs.values():
+            proc.stop()
+
+
+def chat(content: str, **fields: Any) -> dict[str, Any]:
+    return {"messages": [{"role": "user", "content": content}], "max_tokens": 8, **fields}
+
+
+def post(url: str, body: dict[str, Any]) -> httpx.Response:
+    return httpx.post(f"{url}/v1/chat/completions", json=body, timeout=60)
+
+
+def metric_value(url: str, prefix: str) -> float:
+    for line in httpx.get(f"{url}/metrics", timeout=10).text.splitlines():
+        if line.startswith(prefix):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_requests_go_to_the_backend_their_complexity_asks_for(
+    stack: dict[str, KubetuneProcess],
+) -> None:
+    url = stack["router"].url
+    easy, hard = post(url, chat(EASY)), post(url, chat(HARD))
+    assert easy.status_code == hard.status_code == 200
+    assert easy.headers["x-kubetune-backend"] == "small" and easy.json()["model"] == "small-model"
+    assert hard.headers["x-kubetune-backend"] == "large" and hard.json()["model"] == "large-model"
+    forced = post(url, chat(EASY, model="large"))
+    assert forced.headers["x-kubetune-backend"] == "large"
+    completion = httpx.post(
+        f"{url}/v1/completions", json={"prompt": HARD, "max_tokens": 4}, timeout=60
+    )
+    assert completion.headers["x-kubetune-backend"] == "large"
+    assert (
+        metric_value(url, 'kubetune_router_decisions_total{backend="large",reason="complexity"}')
+        == 2
+    )
+    assert (
+        metric_value(url, 'kubetune_router_decisions_total{backend="small",reason="complexity"}')
+        == 1
+    )
+    assert metric_value(url, 'kubetune_router_decisions_total{backend="large",reason="model"}') == 1
+
+
+def test_streams_pass_through_the_router(stack: dict[str, KubetuneProcess]) -> None:
+    body = chat(HARD, stream=True, temperature=0)
+    with httpx.stream(
+        "POST", f"{stack['router'].url}/v1/chat/completions", json=body, timeout=60
+    ) as routed:
+        assert routed.headers["x-kubetune-backend"] == "large"
+        assert routed.headers["content-type"].startswith("text/event-stream")
+        lines = [line for line in routed.iter_lines() if line]
+    direct = post(stack["large"].url, {**body, "stream": False}).json()
+    assert lines[-1] == "data: [DONE]"
+    events = [json.loads(line.removeprefix("data: ")) for line in lines[:-1]]
+    text = "".join(e["choices"][0]["delta"].get("content") or "" for e in events)
+    assert text == direct["choices"][0]["message"]["content"]
+
+
+@pytest.mark.parametrize(("router", "why"), [("router_dead", "refused"), ("router_5xx", "503")])
+def test_a_failing_backend_falls_back_and_is_counted(
+    stack: dict[str, KubetuneProcess], router: str, why: str
+) -> None:
+    url = stack[router].url
+    response = post(url, chat(HARD))
+    assert response.status_code == 200, (why, response.text)
+    assert response.headers["x-kubetune-backend"] == "small"
+    assert response.json()["model"] == "small-model"
+    streamed = httpx.post(f"{url}/v1/chat/completions", json=chat(HARD, stream=True), timeout=60)
+    assert streamed.headers["x-kubetune-backend"] == "small"
+    assert streamed.text.rstrip().endswith("data: [DONE]")
+    assert metric_value(url, 'kubetune_router_backend_failures_total{backend="large"}') == 2
+    assert (
+        metric_value(url, 'kubetune_router_decisions_total{backend="large",reason="complexity"}')
+        == 2
+    )
+
+
+def test_the_router_rejects_bad_input_itself_and_lists_backends(
+    stack: dict[str, KubetuneProcess],
+) -> None:
+    url = stack["router"].url
+    bad = httpx.post(f"{url}/v1/chat/completions", content=b"{", timeout=10)
+    assert bad.status_code == 400 and "JSON" in bad.json()["error"]["message"]
+    role = post(url, {"messages": [{"role": "robot", "content": "x"}]})
+    assert role.status_code == 400 and "role" in role.json()["error"]["message"]
+    models = httpx.get(f"{url}/v1/models", timeout=10).json()
+    assert [m["id"] for m in models["data"]] == ["large", "small"]
+    ready = httpx.get(f"{url}/readyz", timeout=10).json()
+    assert ready["backends"] == ["large", "small"]
+
+
+def test_calibrate_prints_the_threshold_table(
+    stack: dict[str, KubetuneProcess], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from kubetune_server.router_cli import main
+
+    eval_path = tmp_path / "eval.jsonl"
+    rows = [
+        {"input": EASY, "target": "您可通过银行官网申请。"},
+        {"input": HARD, "target": "Assume sqrt(2) = p/q in lowest terms."},
+        {"input": "为什么账单会有利息？请分析原因。", "target": "因为未全额还款。"},
+    ]
+    eval_path.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in rows), "utf-8")
+    args = ["calibrate", "--backend", f"large={stack['large'].url}"]
+    args += [
+        "--backend",
+        f"small={stack['small'].url}",
+        "--eval",
+        str(eval_path),
+        "--max-tokens",
+        "8",
+    ]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("threshold  share_large  quality(F1)")
+    assert "<- picked" in out and "pick: " in out
+    # large and small are the same model here, so nothing needs the large one.
+    assert "send everything to small" in out

@@ -93,39 +93,47 @@ class Reconciler:
         self, key: Key, indexes: Indexes, full: bool, trigger: str, state: _KeyState
     ) -> None:
         started = time.perf_counter()
-        loop = asyncio.get_running_loop()
         try:
-            observed = indexes.observed(key)
-            body, plan = await loop.run_in_executor(self.executor, self._sync, key, observed, full)
+            done = await self._carry_out(key, indexes.observed(key), full)
         except KubeError as err:
             self.metrics.reconcile_errors.labels(err.reason or str(err.status)).inc()
             raise
         finally:
             self.metrics.reconcile_seconds.labels(trigger).observe(time.perf_counter() - started)
-        if body is None or plan is None:
+        if done is None:
             return
+        body, plan = done
         for event in plan.events:
             self.post_event(body, event)
-        self._requeue(key, indexes, plan, state, loop)
+        self._requeue(key, indexes, plan, state, asyncio.get_running_loop())
 
-    def _sync(self, key: Key, observed: Observed, full: bool) -> tuple[Json | None, Plan | None]:
-        """Blocking part (thread pool): read, plan, apply, delete, patch status."""
+    async def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """One blocking API call on the thread pool."""
+        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+
+    async def _carry_out(
+        self, key: Key, observed: Observed, full: bool
+    ) -> tuple[Json, Plan] | None:
+        """Read (cache first), plan, then write in two waves: everything the Job needs, in
+        parallel; then the Job, deletions and the status patch, in parallel."""
         namespace, name = key
-        body = self.bodies.get(key) or self.kube.read_finetunejob(namespace, name)
+        body = self.bodies.get(key) or await self._call(self.kube.read_finetunejob, *key)
         if body is None or body["metadata"].get("deletionTimestamp"):
-            return None, None
+            return None
         plan = plan_reconcile(body, observed, self.settings, datetime.now(UTC), full=full)
-        for obj in plan.apply:
-            self.kube.apply(obj)
-        for job in plan.delete_jobs:
-            self.kube.delete_job(namespace, job)
+        first = [o for o in plan.apply if o["kind"] != "Job"]
+        await asyncio.gather(*(self._call(self.kube.apply, o) for o in first))
+        second = [self._call(self.kube.apply, o) for o in plan.apply if o["kind"] == "Job"]
+        second += [self._call(self.kube.delete_job, namespace, job) for job in plan.delete_jobs]
         patch = status_patch(body.get("status"), plan.status)
         if patch:
-            answer = self.kube.patch_finetunejob_status(namespace, name, patch)
-            if answer is None:  # deleted meanwhile
+            second.append(self._call(self.kube.patch_finetunejob_status, namespace, name, patch))
+        answers = await asyncio.gather(*second)
+        if patch:
+            if answers[-1] is None:  # deleted meanwhile
                 self.forget(key)
-                return None, None
-            body = answer
+                return None
+            body = answers[-1]
             self.bodies.offer(key, body)
         self.metrics.observe_phase(key, plan.status.phase)
         return body, plan

@@ -1,0 +1,131 @@
+"""The search space of `kubetune tune`: Optuna distributions, and configs with a trial's values.
+
+`distributions` turns `search.space` (SearchSpec in kubetune_api.extras) into Optuna
+distributions, named after the fields they set (`learning_rate` -> training.learningRate,
+`rank` -> method.rank, ...). `trial_config` applies one trial's values to the user's config and
+gives the trial its own output folder; `check_search` reports, before any trial runs, every
+value in the space that the config schema would refuse. Called by `tuning.study`.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution
+
+from kubetune_api import ConfigError, DataSource, TrainerConfig
+from kubetune_api.extras import FloatRange, IntChoices, SearchSpace, SearchSpec
+from kubetune_api.trainer_config import data_source_path, parse_trainer_config
+
+PARAMS: dict[str, tuple[str, str]] = {  # search.space field -> (config section, wire key)
+    "learning_rate": ("training", "learningRate"),
+    "rank": ("method", "rank"),
+    "epochs": ("training", "epochs"),
+    "gradient_accumulation_steps": ("training", "gradientAccumulationSteps"),
+    "warmup_ratio": ("training", "warmupRatio"),
+    "dropout": ("method", "dropout"),
+}
+EVALS_PER_TRIAL = 4  # when training.evalEverySteps is unset: evaluate about this often
+
+
+def searched(space: SearchSpace) -> dict[str, FloatRange | IntChoices]:
+    """The fields of the space that are set, in PARAMS order."""
+    return {name: r for name in PARAMS if (r := getattr(space, name)) is not None}
+
+
+def distributions(space: SearchSpace) -> dict[str, BaseDistribution]:
+    """One Optuna distribution per searched field."""
+    out: dict[str, BaseDistribution] = {}
+    for name, rng in searched(space).items():
+        if isinstance(rng, FloatRange):
+            out[name] = FloatDistribution(rng.low, rng.high, log=rng.log)
+        else:
+            out[name] = CategoricalDistribution(list(dict.fromkeys(rng.choices)))
+    return out
+
+
+def with_params(cfg: TrainerConfig, params: dict[str, Any]) -> dict[str, Any]:
+    """The config as a wire mapping with `params` applied and no search block."""
+    raw = cfg.to_wire()
+    raw.pop("search", None)
+    for name, value in params.items():
+        section, key = PARAMS[name]
+        raw.setdefault(section, {})[key] = value
+    return raw
+
+
+def trial_config(
+    cfg: TrainerConfig, params: dict[str, Any], output_dir: Path, eval_every: int
+) -> TrainerConfig:
+    """What one trial trains: the values, its own output folder, regular evals, no checkpoints."""
+    raw = with_params(cfg, params)
+    raw["output"] = {"path": str(output_dir)}
+    training = raw.setdefault("training", {})
+    training.setdefault("evalEverySteps", eval_every)
+    training.pop("saveEverySteps", None)
+    return parse_trainer_config(raw)
+
+
+def check_search(cfg: TrainerConfig) -> SearchSpec:
+    """The search block, or a ConfigError listing every problem with it."""
+    search = cfg.search
+    if search is None:
+        raise ConfigError(["search: kubetune tune needs a search block in the config"])
+    problems = [] if searched(search.space) else ["search.space: set at least one field"]
+    if cfg.dataset.eval is None and not any(m.eval for m in cfg.dataset.mixture or []):
+        problems.append("dataset.eval: the search minimises eval loss; set an eval file")
+    if search.space.gradient_accumulation_steps and cfg.training.batch_size is not None:
+        problems.append(
+            "search.space.gradientAccumulationSteps: conflicts with training.batchSize "
+            f"({cfg.training.batch_size}); set training.microBatchSize instead"
+        )
+    for name, rng in searched(search.space).items():
+        values = [rng.low, rng.high] if isinstance(rng, FloatRange) else rng.choices
+        for value in values:
+            problems += _refused(cfg, name, value)
+    if problems:
+        raise ConfigError(problems)
+    return search
+
+
+def _refused(cfg: TrainerConfig, name: str, value: Any) -> list[str]:
+    try:
+        parse_trainer_config(with_params(cfg, {name: value}))
+    except ConfigError as err:
+        where = f"search.space.{_camel(name)}"
+        return [f"{where}: value {value!r} is refused: {p}" for p in err.problems]
+    return []
+
+
+def _camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(part.title() for part in rest)
+
+
+def default_eval_every(cfg: TrainerConfig, params: dict[str, Any]) -> int:
+    """Optimizer steps between evaluations: about EVALS_PER_TRIAL per trial (from line counts)."""
+    rows = sum(_count_rows(p) for p in _train_paths(cfg))
+    t = cfg.training
+    micro = t.resolved_micro_batch(1)
+    accum = int(params.get("gradient_accumulation_steps", t.gradient_accumulation_steps))
+    epochs = int(params.get("epochs", t.epochs))
+    batches = math.ceil(rows / micro)
+    steps = epochs * math.ceil(batches / accum)
+    steps = min(steps, t.max_steps) if t.max_steps else steps
+    return max(1, steps // EVALS_PER_TRIAL)
+
+
+def _train_paths(cfg: TrainerConfig) -> list[str]:
+    sources: list[DataSource | None] = [m.train for m in cfg.dataset.mixture or []]
+    sources = sources or [cfg.dataset.train]
+    return [p for s in sources if (p := data_source_path(s)) is not None]
+
+
+def _count_rows(path: str) -> int:
+    try:
+        with open(path, "rb") as fh:
+            return sum(1 for line in fh if line.strip())
+    except OSError:
+        return 0

@@ -102,7 +102,11 @@ class ServingReconciler:
             )
         jobs = {j: self.kube.read_finetunejob(namespace, j) for j in referenced_jobs(spec)}
         children = build_children(MdepOwner.of(body), spec, jobs, self.settings)
-        applied = {obj["metadata"]["name"]: self.kube.apply(obj) for obj in children.apply}
+        applied: dict[str, Json] = {}  # Deployment name -> as stored (status included)
+        for obj in children.apply:
+            answer = self.kube.apply(obj)
+            if obj["kind"] == "Deployment":
+                applied[obj["metadata"]["name"]] = answer
         self._prune(namespace, name, children)
         models = [_with_deployment(m, applied, name) for m in children.models]
         router = applied.get(children.router) if children.router else None

@@ -106,48 +106,49 @@ def percentiles(samples: list[float]) -> tuple[float, float]:
     return ordered[len(ordered) // 2], ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
 
 
-def timed_posts(post: Callable[[], object], n: int) -> list[float]:
-    for _ in range(50):
-        post()
-    out = []
-    for _ in range(n):
-        start = time.perf_counter()
-        post()
-        out.append(time.perf_counter() - start)
-    return out
-
-
 def router_overhead(n: int) -> dict[str, float]:
-    """p50/p99 straight to a stub backend and through the router; the router's own time."""
+    """p50/p99 straight to a stub backend and through the router (interleaved, so both see the
+    same machine load), the router's pre-forwarding time and its CPU per request."""
     import httpx
 
     from kubetune_server.process import KubetuneProcess, free_port
 
     port = free_port()
     stub = _start_stub(port)
+    backend = f"http://127.0.0.1:{port}"
+    args = ["--backend", f"large={backend}", "--backend", f"small={backend}"]
     try:
-        backend = f"http://127.0.0.1:{port}"
-        args = [
-            "--backend",
-            f"large={backend}",
-            "--backend",
-            f"small={backend}",
-            "--log-level",
-            "warning",
-        ]
-        with KubetuneProcess("route", args) as router, httpx.Client(timeout=30) as client:
+        with (
+            KubetuneProcess("route", [*args, "--log-level", "warning"]) as router,
+            httpx.Client(timeout=30) as client,
+        ):
+            assert router.proc is not None
             body = {"messages": [{"role": "user", "content": "Prove step by step that 1+1=2."}]}
-            routed_url = f"{router.url}/v1/chat/completions"
-            direct = timed_posts(
-                lambda: client.post(f"{backend}/v1/chat/completions", json=body), n
-            )
-            routed = timed_posts(lambda: client.post(routed_url, json=body), n)
+            urls = [f"{backend}/v1/chat/completions", f"{router.url}/v1/chat/completions"]
+            for _ in range(50):  # warm-up
+                for url in urls:
+                    client.post(url, json=body)
+            samples: list[list[float]] = [[], []]
+            cpu_before = process_cpu_s(router.proc.pid)
+            for _ in range(n):
+                for i, url in enumerate(urls):
+                    start = time.perf_counter()
+                    client.post(url, json=body)
+                    samples[i].append(time.perf_counter() - start)
+            cpu = (process_cpu_s(router.proc.pid) - cpu_before) / n
             own = _router_own_time(client.get(f"{router.url}/metrics").text)
     finally:
         stub.terminate()
         stub.wait(10)
-    (d50, d99), (r50, r99) = percentiles(direct), percentiles(routed)
-    return {"direct_p50": d50, "direct_p99": d99, "routed_p50": r50, "routed_p99": r99, **own}
+    (d50, d99), (r50, r99) = percentiles(samples[0]), percentiles(samples[1])
+    timings = {"direct_p50": d50, "direct_p99": d99, "routed_p50": r50, "routed_p99": r99}
+    return {**timings, "router_cpu": cpu, **own}
+
+
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds a process has used (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _router_own_time(metrics: str) -> dict[str, float]:
@@ -200,6 +201,7 @@ def main() -> int:
     parser.add_argument("--vocab", choices=["qwen3", "small"], default="qwen3")
     parser.add_argument("--runs", type=int, default=5, help="latency runs per precision")
     parser.add_argument("--router-requests", type=int, default=500)
+    parser.add_argument("--router-only", action="store_true", help="part 3 only (no model)")
     parser.add_argument("--stub-backend", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.stub_backend is not None:
@@ -207,50 +209,52 @@ def main() -> int:
         return 0
     import torch
 
-    from kubetune_server.process import KubetuneProcess
-
     print("$ " + shlex.join([Path(sys.executable).name, *sys.argv]))
     print(
         f"# torch {torch.__version__}, {torch.get_num_threads()} threads, "
         f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs"
     )
-    with tempfile.TemporaryDirectory() as tmp:
-        model = build_model(Path(tmp), args.vocab)
-        fp32 = single_request_latency(model, "none", args.runs)
-        int8 = single_request_latency(model, "int8", args.runs)
-        serve = ["--model", str(model), "--quantization", "int8", "--max-batch-size", "16"]
-        serve += [
-            "--max-new-tokens",
-            str(NEW_TOKENS),
-            "--batch-wait-ms",
-            "10",
-            "--log-level",
-            "warning",
-        ]
-        with KubetuneProcess("serve", serve) as server:
-            c1 = throughput(server.url, 1, 6)
-            c16 = throughput(server.url, 16, 32)
-    router = router_overhead(args.router_requests)
-    print_table(fp32, int8, c1, c16, router)
+    rows = [] if args.router_only else model_rows(*model_parts(args.vocab, args.runs))
+    rows += router_rows(router_overhead(args.router_requests))
+    width = max(len(r[0]) for r in rows)
+    print()
+    for name, value, note in rows:
+        print(f"{name:<{width}}  {value:>18}  {note}")
+    print(f"# load average at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     return 0
 
 
-def print_table(
-    fp32: dict[str, float], int8: dict[str, float], c1: float, c16: float, router: dict[str, float]
-) -> None:
+def model_parts(vocab: str, runs: int) -> tuple[dict[str, float], dict[str, float], float, float]:
+    """Parts 1 and 2: (fp32, int8, tokens/s at concurrency 1, at 16)."""
+    from kubetune_server.process import KubetuneProcess
+
+    with tempfile.TemporaryDirectory() as tmp:
+        model = build_model(Path(tmp), vocab)
+        fp32 = single_request_latency(model, "none", runs)
+        int8 = single_request_latency(model, "int8", runs)
+        serve = ["--model", str(model), "--quantization", "int8", "--max-batch-size", "16"]
+        serve += ["--max-new-tokens", str(NEW_TOKENS), "--batch-wait-ms", "10"]
+        with KubetuneProcess("serve", [*serve, "--log-level", "warning"]) as server:
+            c1 = throughput(server.url, 1, 6)
+            c16 = throughput(server.url, 16, 32)
+    return fp32, int8, c1, c16
+
+
+Row = tuple[str, str, str]
+
+
+def model_rows(fp32: dict[str, float], int8: dict[str, float], c1: float, c16: float) -> list[Row]:
     ms = 1000.0
-    rows = [
+    size_ratio = int8["size_mb"] / fp32["size_mb"]
+    speedup = fp32["latency_s"] / int8["latency_s"]
+    return [
         ("model size, fp32", f"{fp32['size_mb']:.1f} MB", ""),
-        (
-            "model size, int8",
-            f"{int8['size_mb']:.1f} MB",
-            f"{int8['size_mb'] / fp32['size_mb']:.2f}x of fp32",
-        ),
+        ("model size, int8", f"{int8['size_mb']:.1f} MB", f"{size_ratio:.2f}x of fp32"),
         (f"latency batch 1, {NEW_TOKENS} tokens, fp32", f"{fp32['latency_s'] * ms:.0f} ms", ""),
         (
             f"latency batch 1, {NEW_TOKENS} tokens, int8",
             f"{int8['latency_s'] * ms:.0f} ms",
-            f"{fp32['latency_s'] / int8['latency_s']:.2f}x faster than fp32",
+            f"{speedup:.2f}x faster than fp32",
         ),
         ("throughput int8, concurrency 1", f"{c1:.1f} tok/s", ""),
         (
@@ -258,28 +262,32 @@ def print_table(
             f"{c16:.1f} tok/s",
             f"{c16 / c1:.2f}x of concurrency 1 (target >= 4x)",
         ),
+    ]
+
+
+def router_rows(r: dict[str, float]) -> list[Row]:
+    ms = 1000.0
+    added50 = (r["routed_p50"] - r["direct_p50"]) * ms
+    added99 = (r["routed_p99"] - r["direct_p99"]) * ms
+    return [
         (
             "stub backend direct p50 / p99",
-            f"{router['direct_p50'] * ms:.2f} / {router['direct_p99'] * ms:.2f} ms",
+            f"{r['direct_p50'] * ms:.2f} / {r['direct_p99'] * ms:.2f} ms",
             "",
         ),
         (
             "through router p50 / p99",
-            f"{router['routed_p50'] * ms:.2f} / {router['routed_p99'] * ms:.2f} ms",
+            f"{r['routed_p50'] * ms:.2f} / {r['routed_p99'] * ms:.2f} ms",
             "",
         ),
+        ("router added p50 / p99", f"{added50:.2f} / {added99:.2f} ms", "target p99 < 2 ms"),
+        ("router own time (parse+score), mean", f"{r['router_own_mean'] * 1e6:.0f} us", ""),
         (
-            "router added p50 / p99",
-            f"{(router['routed_p50'] - router['direct_p50']) * ms:.2f} / "
-            f"{(router['routed_p99'] - router['direct_p99']) * ms:.2f} ms",
-            "target p99 < 2 ms",
+            "router CPU per request (all of it)",
+            f"{r['router_cpu'] * ms:.2f} ms",
+            "load-independent",
         ),
-        ("router own time (parse+score), mean", f"{router['router_own_mean'] * 1e6:.0f} us", ""),
     ]
-    width = max(len(r[0]) for r in rows)
-    print()
-    for name, value, note in rows:
-        print(f"{name:<{width}}  {value:>18}  {note}")
 
 
 if __name__ == "__main__":

@@ -228,3 +228,19 @@ def test_augment_file_writes_only_new_rows(dictionary: Path, tmp_path: Path) -> 
     written = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
     assert stats.source_rows == 4 and len(written) == 4 == stats.added_rows
     assert all(r[AUGMENTED_KEY] == "synonyms" for r in written)
+
+
+def test_configuration_errors_name_the_field(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from kubetune_api import ConfigError
+
+    monkeypatch.delenv("NO_SUCH_KEY", raising=False)
+    bad = bt_spec(backTranslation={"endpoint": "http://x/v1", "apiKeyEnv": "NO_SUCH_KEY"})
+    with pytest.raises(
+        ConfigError, match=r"backTranslation\.apiKeyEnv: .*'NO_SUCH_KEY' is not set"
+    ):
+        augment_rows(rows(1), bad, fmt="input-target")
+    with pytest.raises(ConfigError) as err:
+        augment_rows(rows(1), spec(tmp_path / "none.json"), fmt="input-target")
+    assert err.value.problems[0].startswith("dataset.augmentation.synonyms.dictionary: cannot read")

@@ -24,9 +24,16 @@ import json
 import random
 from pathlib import Path
 
+from kubetune_api import ConfigError
 
-class DictionaryError(ValueError):
+FIELD = "dataset.augmentation.synonyms.dictionary"
+
+
+class DictionaryError(ConfigError):
     """The synonym dictionary cannot be used; the message names the file, line and value."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__([f"{FIELD}: {reason}"])
 
 
 def _is_word_char(ch: str) -> bool:
@@ -101,9 +108,7 @@ def load_synonyms(path: str | Path) -> SynonymTable:
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as err:
-        raise DictionaryError(
-            f"dataset.augmentation.synonyms.dictionary: cannot read {path}: {err.strerror}"
-        ) from err
+        raise DictionaryError(f"cannot read {path}: {err.strerror}") from err
     pairs = _parse_json(path, text) if path.suffix.lower() == ".json" else _parse_tsv(path, text)
     entries: dict[str, tuple[str, ...]] = {}
     for word, synonyms in pairs:

@@ -17,6 +17,7 @@ from typing import Any
 
 import httpx
 
+from kubetune_api import ConfigError
 from kubetune_api.extras import BackTranslation
 
 SYSTEM_PROMPT = (
@@ -101,8 +102,10 @@ def _auth(spec: BackTranslation) -> dict[str, str]:
         return {}
     token = os.environ.get(spec.api_key_env)
     if not token:
-        raise ValueError(
-            "dataset.augmentation.backTranslation.apiKeyEnv: environment variable "
-            f"{spec.api_key_env!r} is not set"
+        raise ConfigError(
+            [
+                "dataset.augmentation.backTranslation.apiKeyEnv: environment variable "
+                f"{spec.api_key_env!r} is not set"
+            ]
         )
     return {"Authorization": f"Bearer {token}"}

@@ -32,6 +32,7 @@ CHILDREN: dict[str, Any] = {
     names.LABEL_MANAGED_BY: names.FIELD_MANAGER,
 }
 Json = dict[str, Any]
+CHILD_DEBOUNCE = 0.25  # seconds: one reconcile per burst of Job/pod events
 
 
 def configure(settings: kopf.OperatorSettings, workers: int) -> None:
@@ -119,7 +120,7 @@ def register(
             return
         indexes = Indexes(kwargs["ftj_jobs"], kwargs["ftj_pods"])
         try:
-            await reconciler.reconcile(key, indexes, trigger="child")
+            await reconciler.reconcile(key, indexes, trigger="child", delay=CHILD_DEBOUNCE)
         except KubeError as err:  # the next event or a resume converges; nothing to retry here
             logger.warning("reconcile of %s/%s after a child change failed: %s", *key, err)
 

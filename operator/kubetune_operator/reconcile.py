@@ -77,14 +77,26 @@ class Reconciler:
             self.bodies.offer(key, body)
 
     async def reconcile(
-        self, key: Key, indexes: Indexes, *, full: bool = False, trigger: str = "event"
+        self,
+        key: Key,
+        indexes: Indexes,
+        *,
+        full: bool = False,
+        trigger: str = "event",
+        delay: float = 0.0,
     ) -> None:
-        """Reconcile one FineTuneJob now, or once more after the run in progress."""
+        """Reconcile one FineTuneJob now (after `delay`), or once more after the run in progress.
+
+        A child's changes come in bursts (Job created, pod created, scheduled, running): a short
+        `delay` lets one run see the whole burst instead of patching the status for each step.
+        """
         state = self.keys.setdefault(key, _KeyState())
         state.full = state.full or full
         if state.queued:
             return
         state.queued = True
+        if delay:
+            await asyncio.sleep(delay)
         async with state.lock:
             state.queued, full, state.full = False, state.full, False
             await self._run(key, indexes, full, trigger, state)

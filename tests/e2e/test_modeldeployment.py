@@ -150,7 +150,7 @@ def test_serves_a_finetunejob_adapter_and_rolls_to_a_new_one(
     assert status["conditions"][0]["reason"] == "WaitingForFineTuneJob"
     assert owned(kubectl, ns, "credit-card-faq", "deployments") == []
 
-    pod = wait_pod_running(kubectl, ns, "credit-card-faq", 1, wait_until)[0]
+    pod = wait_pod_running(kubectl, ns, "credit-card-faq", 0, wait_until)[0]
     finish_pod(kubectl, ns, pod["metadata"]["name"], 0)
     job = wait_phase(kubectl, ns, "credit-card-faq", "Succeeded", wait_until)
     first = job["output"]["adapterPath"]

@@ -208,3 +208,25 @@ def test_invalid_spec_fails_naming_the_field(kubectl: Any, ns: str, wait_until: 
     assert status["conditions"][0]["reason"] == "InvalidSpec"
     assert "spec.models.0.name" in status["message"]
     assert owned(kubectl, ns, "bad") == []
+
+
+def test_fewer_models_prune_the_router_and_delete_cascades(
+    kubectl: Any, ns: str, wait_until: Wait
+) -> None:
+    kubectl("apply", "-n", ns, "-f", str(EXAMPLES / "modeldeployment-routed.yaml"))
+    wait_mdep(kubectl, ns, "qwen3-routed", "Available", wait_until)
+    patch = {"spec": {"models": [{"name": "large", "model": "Qwen/Qwen3-8B", "gpus": 1}],
+                      "routing": {"strategy": "single", "default": "large"}}}  # fmt: skip
+    kubectl("patch", "mdep", "qwen3-routed", "-n", ns, "--type=merge", "-p", json.dumps(patch))
+    expected = ["Deployment/qwen3-routed-large", "Service/qwen3-routed-large"]
+    wait_until(lambda: owned(kubectl, ns, "qwen3-routed") == expected, what="pruned children")
+
+    def single() -> Json | None:
+        status = mdep(kubectl, ns, "qwen3-routed").get("status") or {}
+        ok = status.get("phase") == "Available" and status.get("ready") == "1/1"
+        return status if ok else None
+
+    status = wait_until(single, timeout=90, what="one model Available")
+    assert status["endpoint"] == f"http://qwen3-routed-large.{ns}.svc:8000/v1"
+    kubectl("delete", "mdep", "qwen3-routed", "-n", ns, "--wait=true")
+    wait_until(lambda: owned(kubectl, ns, "qwen3-routed") == [], what="garbage collection")

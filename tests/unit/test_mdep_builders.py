@@ -13,7 +13,13 @@ from kubetune_api.errors import ConfigError
 from kubetune_operator.serving import names
 from kubetune_operator.serving.adapters import Resolved, Waiting, resolve
 from kubetune_operator.serving.builders import MdepOwner, endpoint
-from kubetune_operator.serving.plan import build_children, parse_spec, referenced_jobs
+from kubetune_operator.serving.plan import (
+    build_children,
+    carry_over,
+    parse_spec,
+    referenced_jobs,
+    wanted_children,
+)
 from kubetune_operator.settings import Settings
 from kubetune_server.cli import build_parser as serve_parser
 from kubetune_server.router_cli import build_parser as route_parser
@@ -244,3 +250,28 @@ def test_invalid_specs_name_the_field(patch: Json, field: str) -> None:
 @pytest.mark.parametrize("name", ["routed", "from-finetunejob"])
 def test_examples_parse(name: str) -> None:
     assert parse_spec(example(name)["spec"]).models
+
+
+def test_a_rerunning_finetunejob_keeps_the_last_adapter_served() -> None:
+    raw = example("from-finetunejob")
+    spec = parse_spec(raw["spec"])
+    served = build_children(OWNER, spec, {"credit-card-faq": succeeded()}, SETTINGS)
+    deployment = next(o for o in served.apply if o["kind"] == "Deployment")
+    again = build_children(
+        OWNER, spec, {"credit-card-faq": {"status": {"phase": "Running"}}}, SETTINGS
+    )
+    assert again.models[0].waiting is not None
+    kept = carry_over(again.models, {"chat-faq": deployment}, "chat")
+    assert kept[0].waiting is None and kept[0].deployment is deployment
+    assert kept[0].adapter == "pvc://kubetune-output/credit-card-faq/adapter"
+    assert ("Deployment", "chat-faq") in wanted_children(again, spec, "chat")
+    assert carry_over(again.models, {}, "chat")[0].waiting is not None  # never served: waits
+
+
+def test_removed_models_and_the_router_are_not_wanted() -> None:
+    raw = example("routed")
+    raw["spec"]["models"] = raw["spec"]["models"][:1]
+    raw["spec"]["routing"] = {"strategy": "single"}
+    spec = parse_spec(raw["spec"])
+    wanted = wanted_children(build_children(OWNER, spec, {}, SETTINGS), spec, "chat")
+    assert wanted == {("Deployment", "chat-large"), ("Service", "chat-large")}

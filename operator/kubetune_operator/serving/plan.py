@@ -77,3 +77,30 @@ def build_children(
         out.apply.append(builders.build_service(owner, names.ROUTER, port))
         out.router = names.router_name(owner.name)
     return out
+
+
+def carry_over(models: list[ModelState], existing: dict[str, Json], mdep: str) -> list[ModelState]:
+    """Waiting models that already have a Deployment keep serving it (its last adapter).
+
+    A FineTuneJob that runs again (phase Running) or is deleted must not take its model
+    down: the Deployment built from the previous success stays, untouched, until the job
+    Succeeds again and the new adapter rolls out.
+    """
+    out = []
+    for m in models:
+        found = existing.get(names.child_name(mdep, m.name))
+        if m.waiting is None or found is None:
+            out.append(m)
+            continue
+        notes = found["spec"]["template"]["metadata"].get("annotations") or {}
+        adapter = notes.get(names.ANNOTATION_ADAPTER)
+        out.append(ModelState(m.name, found["spec"].get("replicas", 0), adapter, found))
+    return out
+
+
+def wanted_children(
+    children: Children, spec: ModelDeploymentSpec, mdep: str
+) -> set[tuple[str, str]]:
+    """(kind, name) of every child to keep: what is applied, and every model's Deployment."""
+    wanted = {(o["kind"], o["metadata"]["name"]) for o in children.apply}
+    return wanted | {("Deployment", names.child_name(mdep, m.name)) for m in spec.models}

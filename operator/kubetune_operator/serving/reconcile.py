@@ -24,7 +24,13 @@ from kubetune_operator.kube import Kube
 from kubetune_operator.plan_types import Event
 from kubetune_operator.serving import names
 from kubetune_operator.serving.builders import MdepOwner, endpoint
-from kubetune_operator.serving.plan import Children, build_children, parse_spec, referenced_jobs
+from kubetune_operator.serving.plan import (
+    build_children,
+    carry_over,
+    parse_spec,
+    referenced_jobs,
+    wanted_children,
+)
 from kubetune_operator.serving.status import (
     ModelState,
     derive_status,
@@ -38,7 +44,7 @@ Key = tuple[str, str]
 Json = dict[str, Any]
 EventPoster = Callable[[Json, Event], None]
 log = logging.getLogger("kubetune.operator.serving")
-CHILD_KINDS = (("apps/v1", "deployments"), ("v1", "services"))
+CHILD_KINDS = (("apps/v1", "deployments", "Deployment"), ("v1", "services", "Service"))
 
 
 @dataclass
@@ -107,8 +113,9 @@ class ServingReconciler:
             answer = self.kube.apply(obj)
             if obj["kind"] == "Deployment":
                 applied[obj["metadata"]["name"]] = answer
-        self._prune(namespace, name, children)
+        existing = self._prune(namespace, name, wanted_children(children, spec, name))
         models = [_with_deployment(m, applied, name) for m in children.models]
+        models = carry_over(models, existing, name)
         router = applied.get(children.router) if children.router else None
         url = endpoint(namespace, name, spec)
         desired = derive_status(current, models, router, url, generation, now)
@@ -124,18 +131,21 @@ class ServingReconciler:
         answer = self.kube.patch_modeldeployment_status(meta["namespace"], meta["name"], patch)
         return answer, transition_event(current, desired) if answer is not None else None
 
-    def _prune(self, namespace: str, name: str, children: Children) -> None:
-        """Delete Deployments/Services of models no longer in the spec (and an unneeded router)."""
-        wanted = {(o["kind"], o["metadata"]["name"]) for o in children.apply}
+    def _prune(self, namespace: str, name: str, wanted: set[tuple[str, str]]) -> dict[str, Json]:
+        """Delete children not `wanted` (a removed model, an unneeded router); the kept
+        Deployments by name."""
         selector = f"{names.LABEL_MDEP}={ftj_names.label_value(name)}"
-        for api_version, plural in CHILD_KINDS:
-            kind = "Deployment" if plural == "deployments" else "Service"
+        kept: dict[str, Json] = {}
+        for api_version, plural, kind in CHILD_KINDS:
             for obj in self.kube.list_labelled(api_version, plural, namespace, selector):
                 meta = obj["metadata"]
                 if meta.get("annotations", {}).get(names.ANNOTATION_MDEP) != name:
                     continue  # another ModelDeployment whose name shortens to the same label
                 if (kind, meta["name"]) not in wanted:
                     self.kube.delete_object(api_version, plural, namespace, meta["name"])
+                elif kind == "Deployment":
+                    kept[meta["name"]] = obj
+        return kept
 
     def close(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)

@@ -221,6 +221,11 @@ def test_bad_requests_get_400_with_one_sentence(
     assert error["message"].endswith(".") and error["message"].count(". ") == 0
 
 
+def test_empty_prompt_is_400(client: httpx.Client) -> None:
+    response = client.post("/v1/completions", json={"prompt": ""})
+    assert response.status_code == 400 and "empty" in response.json()["error"]["message"]
+
+
 def test_too_long_prompt_is_400_context_length(client: httpx.Client) -> None:
     response = client.post("/v1/completions", json={"prompt": "x" * 64})
     assert response.status_code == 400

@@ -132,6 +132,8 @@ def _submit(
 ) -> Ticket:
     """Check limits, build the job and queue it."""
     engine, settings = server.engine, server.settings
+    if not prompt:
+        raise ApiError(400, "The prompt is empty; send at least one token of text.")
     if len(prompt) >= engine.context_length:
         raise ApiError(
             400,

@@ -230,3 +230,14 @@ def test_fewer_models_prune_the_router_and_delete_cascades(
     assert status["endpoint"] == f"http://qwen3-routed-large.{ns}.svc:8000/v1"
     kubectl("delete", "mdep", "qwen3-routed", "-n", ns, "--wait=true")
     wait_until(lambda: owned(kubectl, ns, "qwen3-routed") == [], what="garbage collection")
+
+
+def test_a_bad_quantity_fails_naming_the_field(kubectl: Any, ns: str, wait_until: Wait) -> None:
+    body = example("modeldeployment-routed.yaml")
+    body["metadata"] = {"name": "bad-quantity"}
+    body["spec"]["models"][0]["resources"] = {"requests": {"memory": "lots"}}
+    kubectl.apply(body, namespace=ns)
+    status = wait_mdep(kubectl, ns, "bad-quantity", "Failed", wait_until)
+    assert status["conditions"][0]["reason"] == "InvalidSpec"
+    assert "spec.models.0.resources.requests.memory" in status["message"]
+    assert owned(kubectl, ns, "bad-quantity", "deployments") == []

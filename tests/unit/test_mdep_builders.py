@@ -232,6 +232,10 @@ def test_pvc_path_and_uri_adapters() -> None:
         ({"models": [{"name": "Big", "model": "m"}]}, "spec.models.0.name"),
         ({"server": {"port": 80}}, "spec.server.port"),
         (
+            {"models": [{"name": "a", "model": "m", "resources": {"limits": {"cpu": "2 cores"}}}]},
+            "spec.models.0.resources.limits.cpu",
+        ),
+        (
             {
                 "models": [{"name": "router", "model": "m"}, {"name": "small", "model": "m"}],
                 "routing": {"strategy": "single", "default": "small"},

@@ -8,6 +8,7 @@ their FineTuneJob. Pure; called by `reconcile`.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,6 +23,7 @@ from kubetune_operator.serving.status import ModelState
 from kubetune_operator.settings import Settings
 
 Json = dict[str, Any]
+QUANTITY = re.compile(r"[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+|[KMGTPE]i|[numkMGTPE])?")
 
 
 @dataclass
@@ -45,10 +47,23 @@ def parse_spec(raw: Any) -> ModelDeploymentSpec:
         f"spec.models.{i}.name: {names.ROUTER!r} is the router's name; pick another"
         for i, m in enumerate(spec.models)
         if m.name == names.ROUTER and len(spec.models) > 1
-    ]
+    ] + quantity_problems(spec)
     if problems:
         raise ConfigError(problems)
     return spec
+
+
+def quantity_problems(spec: ModelDeploymentSpec) -> list[str]:
+    """Resource values the API server would refuse in a Deployment (e.g. memory: lots)."""
+    problems = []
+    for i, m in enumerate(spec.models):
+        for kind in ("requests", "limits"):
+            values = getattr(m.resources, kind) if m.resources is not None else None
+            for key, value in (values or {}).items():
+                if not QUANTITY.fullmatch(str(value)):
+                    where = f"spec.models.{i}.resources.{kind}.{key}"
+                    problems.append(f"{where}: not a Kubernetes quantity, got {value!r}")
+    return problems
 
 
 def referenced_jobs(spec: ModelDeploymentSpec) -> list[str]:

@@ -20,7 +20,7 @@ from typing import Any, Literal
 from kubetune_api.deployment import ModelDeploymentStatus
 from kubetune_api.errors import ConfigError
 from kubetune_operator import names as ftj_names
-from kubetune_operator.kube import Kube
+from kubetune_operator.kube import Kube, KubeError
 from kubetune_operator.plan_types import Event
 from kubetune_operator.serving import names
 from kubetune_operator.serving.builders import MdepOwner, endpoint
@@ -110,7 +110,16 @@ class ServingReconciler:
         children = build_children(MdepOwner.of(body), spec, jobs, self.settings)
         applied: dict[str, Json] = {}  # Deployment name -> as stored (status included)
         for obj in children.apply:
-            answer = self.kube.apply(obj)
+            try:
+                answer = self.kube.apply(obj)
+            except KubeError as err:
+                if err.status not in (400, 422):  # others may pass: the handler retries
+                    raise
+                problem = f"the API server rejected {obj['kind']} {obj['metadata']['name']}: "
+                failed = failed_status(
+                    current, [problem + err.message], generation, now, "Rejected"
+                )
+                return self._finish(body, current, failed)
             if obj["kind"] == "Deployment":
                 applied[obj["metadata"]["name"]] = answer
         existing = self._prune(namespace, name, wanted_children(children, spec, name))

@@ -112,12 +112,17 @@ def derive_status(
 
 
 def failed_status(
-    current: ModelDeploymentStatus, problems: list[str], generation: int | None, now: datetime
+    current: ModelDeploymentStatus,
+    problems: list[str],
+    generation: int | None,
+    now: datetime,
+    reason: str = "InvalidSpec",
 ) -> ModelDeploymentStatus:
-    """Failed/InvalidSpec, naming each bad field; nothing is built."""
-    message = "invalid spec: " + "; ".join(problems)
+    """Failed/InvalidSpec naming each bad field (or `reason`, e.g. Rejected by the API)."""
+    prefix = "invalid spec: " if reason == "InvalidSpec" else ""
+    message = prefix + "; ".join(problems)
     conditions: list[Condition] = set_condition(
-        list(current.conditions or []), READY, False, "InvalidSpec", message, now
+        list(current.conditions or []), READY, False, reason, message, now
     )
     return ModelDeploymentStatus(
         phase="Failed",

@@ -6,7 +6,9 @@ would leave it. The real Deployment and ReplicaSet controllers do the rest. Cove
 routed example (servers, Services, router, Available with the endpoint, `kubectl get mdep`,
 Degraded when a pod stops being ready and back), and a ModelDeployment serving a FineTuneJob's
 adapter (Pending/WaitingForFineTuneJob, rollout once the job Succeeded, a roll to a new
-adapter when the job's status reports a new one).
+adapter when the job's status reports a new one, and a real second run: the job deleted and
+re-created with a new output folder while the model keeps serving, then the roll); pruning to
+one model; cascade delete; invalid specs as Failed/InvalidSpec naming the field.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from operator_helpers import (
     delete_pvs,
     finish_pod,
     operator,  # noqa: F401  (module fixture)
+    trainer_pods,
     wait_phase,
     wait_pod_running,
 )
@@ -241,3 +244,43 @@ def test_a_bad_quantity_fails_naming_the_field(kubectl: Any, ns: str, wait_until
     assert status["conditions"][0]["reason"] == "InvalidSpec"
     assert "spec.models.0.resources.requests.memory" in status["message"]
     assert owned(kubectl, ns, "bad-quantity", "deployments") == []
+
+
+def test_a_real_second_run_rolls_and_the_model_serves_meanwhile(
+    kubectl: Any, ns: str, wait_until: Wait
+) -> None:
+    """Delete the FineTuneJob, re-create it with a new output folder, run it to success."""
+    job = yaml.safe_load((EXAMPLES / "finetunejob-credit-card-faq.yaml").read_text())
+    kubectl.apply(job, namespace=ns)
+    kubectl("apply", "-n", ns, "-f", str(EXAMPLES / "modeldeployment-from-finetunejob.yaml"))
+    run_to_success(kubectl, ns, wait_until)
+    wait_mdep(kubectl, ns, "credit-card-faq", "Available", wait_until)
+
+    kubectl("delete", "finetunejob", "credit-card-faq", "-n", ns, "--wait=true")
+    wait_until(lambda: not trainer_pods(kubectl, ns, "credit-card-faq"), what="old pods gone")
+    status = mdep(kubectl, ns, "credit-card-faq")["status"]
+    assert status["phase"] == "Available"  # still serving the first adapter
+    assert owned(kubectl, ns, "credit-card-faq", "deployments") == [
+        "Deployment/credit-card-faq-faq"
+    ]
+
+    job["spec"]["output"]["pvc"]["path"] = "credit-card-faq-v2"
+    kubectl.apply(job, namespace=ns)
+    second = run_to_success(kubectl, ns, wait_until)
+    assert second == "pvc://kubetune-output/credit-card-faq-v2/adapter"
+
+    def rolled() -> Json | None:
+        status = mdep(kubectl, ns, "credit-card-faq").get("status") or {}
+        ok = status.get("phase") == "Available" and status["models"][0].get("adapter") == second
+        return status if ok else None
+
+    wait_until(rolled, timeout=90, what="roll to the second run's adapter")
+    assert len(replica_sets(kubectl, ns, "credit-card-faq-faq")) == 2
+
+
+def run_to_success(kubectl: Any, ns: str, wait_until: Wait) -> str:
+    """Drive the FineTuneJob's trainer pod to exit 0; its adapterPath."""
+    pod = wait_pod_running(kubectl, ns, "credit-card-faq", 0, wait_until)[0]
+    finish_pod(kubectl, ns, pod["metadata"]["name"], 0)
+    status = wait_phase(kubectl, ns, "credit-card-faq", "Succeeded", wait_until)
+    return str(status["output"]["adapterPath"])

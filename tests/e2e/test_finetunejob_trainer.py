@@ -62,9 +62,9 @@ def manifest() -> dict[str, Any]:
                 "microBatchSize": 4,
                 "learningRate": 1e-3,
                 "precision": "fp32",
-                "maxSteps": 48,
-                "evalEverySteps": 24,
-                "saveEverySteps": 24,
+                "maxSteps": 64,
+                "evalEverySteps": 32,
+                "saveEverySteps": 32,
             },
             "resources": {"gpusPerNode": 1},
             "output": {"pvc": {"claimName": "output", "path": "faq"}},
@@ -164,7 +164,7 @@ def test_trainer_reports_progress_and_loss_into_the_api_server(
         deadline = time.monotonic() + 600
         while trainer.poll() is None and time.monotonic() < deadline:
             seen.append(columns(kubectl, ns))
-            time.sleep(0.5)
+            time.sleep(0.2)
         if trainer.poll() is None:
             trainer.kill()
         output = (tmp_path / "trainer.log").read_text()
@@ -177,7 +177,7 @@ def test_trainer_reports_progress_and_loss_into_the_api_server(
         assert len(set(losses)) >= 2, f"LOSS did not move while training: {seen}"
 
         status = status_of(kubectl, ns, NAME)
-        assert status["progress"]["percent"] == 100.0 and status["progress"]["step"] == 48
+        assert status["progress"]["percent"] == 100.0 and status["progress"]["step"] == 64
         assert status["metrics"]["trainLoss"] > 0 and status["metrics"]["evalLoss"] > 0
         assert (pvc / "output" / "faq" / "adapter").is_dir()
         assert list((pvc / "output" / "faq" / "checkpoints").iterdir())
@@ -195,7 +195,7 @@ def test_trainer_reports_progress_and_loss_into_the_api_server(
         finish_pod(kubectl, ns, pod["metadata"]["name"], 0)
         done = wait_phase(kubectl, ns, NAME, "Succeeded", wait_until)
         assert done["output"]["adapterPath"] == "pvc://output/faq/adapter"
-        assert done["output"]["checkpointStep"] == 48
+        assert done["output"]["checkpointStep"] == 64
         assert done["metrics"] == status["metrics"]  # the operator never touches the trainer's keys
         assert trainer_pods(kubectl, ns, NAME)
     finally:

@@ -202,6 +202,12 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=5, help="latency runs per precision")
     parser.add_argument("--router-requests", type=int, default=500)
     parser.add_argument("--router-only", action="store_true", help="part 3 only (no model)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads, here and in the server (default 1: steady on a shared machine)",
+    )
     parser.add_argument("--stub-backend", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.stub_backend is not None:
@@ -209,12 +215,15 @@ def main() -> int:
         return 0
     import torch
 
+    torch.set_num_threads(args.threads)
     print("$ " + shlex.join([Path(sys.executable).name, *sys.argv]))
     print(
         f"# torch {torch.__version__}, {torch.get_num_threads()} threads, "
         f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs"
     )
-    rows = [] if args.router_only else model_rows(*model_parts(args.vocab, args.runs))
+    rows: list[Row] = []
+    if not args.router_only:
+        rows += model_rows(*model_parts(args.vocab, args.runs, args.threads))
     rows += router_rows(router_overhead(args.router_requests))
     width = max(len(r[0]) for r in rows)
     print()
@@ -224,7 +233,9 @@ def main() -> int:
     return 0
 
 
-def model_parts(vocab: str, runs: int) -> tuple[dict[str, float], dict[str, float], float, float]:
+def model_parts(
+    vocab: str, runs: int, threads: int
+) -> tuple[dict[str, float], dict[str, float], float, float]:
     """Parts 1 and 2: (fp32, int8, tokens/s at concurrency 1, at 16)."""
     from kubetune_server.process import KubetuneProcess
 
@@ -234,6 +245,7 @@ def model_parts(vocab: str, runs: int) -> tuple[dict[str, float], dict[str, floa
         int8 = single_request_latency(model, "int8", runs)
         serve = ["--model", str(model), "--quantization", "int8", "--max-batch-size", "16"]
         serve += ["--max-new-tokens", str(NEW_TOKENS), "--batch-wait-ms", "10"]
+        serve += ["--threads", str(threads)]
         with KubetuneProcess("serve", [*serve, "--log-level", "warning"]) as server:
             c1 = throughput(server.url, 1, 6)
             c16 = throughput(server.url, 16, 32)

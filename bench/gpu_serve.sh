@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # GPU serving figures: bf16 vs bitsandbytes LLM.int8 on a Qwen3-8B-shaped random model.
 #
-#     bash bench/gpu_serve.sh            # about 2-3 minutes on one H100/H200-class GPU
+#     bash bench/gpu_serve.sh            # 2-3 minutes on one H100/H200-class GPU, 5 at most
 #     PYTHON=.venv/bin/python bash bench/gpu_serve.sh
 #
 # No download: the model is built from Qwen3-8B's config (kubetune_trainer.tiny_model,
@@ -86,7 +86,7 @@ print(json.dumps(result))
 EOF
 
 for mode in bf16 int8; do
-  timeout 240 "$PYTHON" "$OUT/gpu_serve_worker.py" "$mode" 8b-shape cuda | tail -n 1 > "$OUT/$mode.json"
+  timeout 140 "$PYTHON" "$OUT/gpu_serve_worker.py" "$mode" 8b-shape cuda | tail -n 1 > "$OUT/$mode.json"
 done
 
 "$PYTHON" - "$OUT" <<'EOF'

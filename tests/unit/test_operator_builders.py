@@ -11,10 +11,10 @@ import yaml
 from kubetune_api.finetune import FineTuneJobSpec
 from kubetune_api.status import Attempt
 from kubetune_operator import names
+from kubetune_operator.children import build_children
 from kubetune_operator.config import build_config_map, build_trainer_config
 from kubetune_operator.job import build_job, trainer_args
 from kubetune_operator.owner import Owner
-from kubetune_operator.children import build_children
 from kubetune_operator.rbac import build_role, build_role_binding
 from kubetune_operator.settings import Settings
 from kubetune_operator.validation import parse_spec

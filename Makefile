@@ -16,7 +16,7 @@ setup: ## Create .venv from uv.lock with every extra (torch, kopf, fastapi, dev 
 lint: setup ## ruff + mypy
 	$(VENV)/bin/ruff check operator trainer_image tests bench
 	$(VENV)/bin/ruff format --check operator trainer_image tests bench
-	$(VENV)/bin/mypy operator/kubetune_api operator/kubetune_cli trainer_image/kubetune_trainer
+	$(VENV)/bin/mypy operator/kubetune_api operator/kubetune_cli operator/kubetune_operator trainer_image/kubetune_trainer trainer_image/kubetune_server
 
 test-unit: setup ## Fast tier: no cluster, no GPU
 	$(VENV)/bin/pytest -q tests/unit

@@ -262,3 +262,21 @@ def test_zero2_two_processes_match_one_process(tiny_model_dir: Path, tmp_path: P
     fsdp, single = results["fsdp"], results["single"]
     assert fsdp["world_size"] == 2 and fsdp["steps"] == single["steps"]
     assert fsdp["metrics"]["train_loss"] == pytest.approx(single["metrics"]["train_loss"], rel=1e-4)
+
+
+def test_resume_takes_the_configs_learning_rate(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """The operator's NaN retry halves training.learningRate; a resumed run must use it."""
+    raw = config(
+        tiny_model_dir, tmp_path, saveEverySteps=100, warmupRatio=0.0, scheduler="constant"
+    )
+    fit(parse_trainer_config(raw), RunOptions(device="cpu", stop_after_steps=2))
+    raw["training"]["learningRate"] = 2.5e-3  # half of 5e-3
+    cfg = parse_trainer_config(raw)
+    rt = init_runtime("cpu")
+    model, _ = build_model(cfg, rt)
+    loop = Loop(cfg, RunOptions(device="cpu"), rt, prepare_data(cfg), model)
+    loop.resume(model)
+    assert loop.state.global_step == 2
+    assert [g["lr"] for g in loop.optimizer.param_groups] == [pytest.approx(2.5e-3)]
+    loop.scheduler.step()
+    assert loop.scheduler.get_last_lr() == [pytest.approx(2.5e-3)]

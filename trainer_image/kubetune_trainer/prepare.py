@@ -90,7 +90,7 @@ def prepare_data(cfg: TrainerConfig) -> Prepared:
 
     tokenizer = AutoTokenizer.from_pretrained(cfg.model.name)
     ds = cfg.dataset
-    sources = [
+    sources: list[tuple[str | None, DataSource | None, DataSource | None, str]] = [
         (m.name, m.train, m.eval, f"dataset.mixture[{i}]") for i, m in enumerate(ds.mixture or [])
     ]
     if not sources:

@@ -227,6 +227,15 @@ class Loop:
             return
         self.state, extra = load_checkpoint(path, model, self.optimizer, self.rt)
         self.scheduler.load_state_dict(extra["scheduler"])
+        # The config's learning rate wins over the checkpoint's: the operator halves it when it
+        # retries after a NaN loss, and the schedule's position (step) still comes from the checkpoint.
+        self.scheduler.base_lrs = [self.t.learning_rate for _ in self.scheduler.base_lrs]
+        for group in self.optimizer.param_groups:
+            group["initial_lr"] = self.t.learning_rate
+        for group, factor in zip(
+            self.optimizer.param_groups, self.scheduler.lr_lambdas, strict=True
+        ):
+            group["lr"] = self.t.learning_rate * factor(self.scheduler.last_epoch)
         self.scaler.load_state_dict(extra["scaler"])
         self.real_tokens, self.padded_tokens = extra["real_tokens"], extra["padded_tokens"]
 

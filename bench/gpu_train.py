@@ -36,8 +36,15 @@ def build_model(size: str, device: torch.device, quantize: bool) -> nn.Module:
     config = qwen3_config(size, 151_936)
     config._attn_implementation = "sdpa"
     torch.manual_seed(0)
-    with device:
-        model = Qwen3ForCausalLM(config).to(torch.bfloat16)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(
+        torch.bfloat16
+    )  # build in bf16: an fp32 8B model would need 33 GB first
+    try:
+        with device:
+            model = Qwen3ForCausalLM(config)
+    finally:
+        torch.set_default_dtype(previous)
     if quantize:
         _quantize_nf4(model, device)
     for p in model.parameters():
@@ -87,10 +94,10 @@ def flops_per_token(model: nn.Module, config: Any, seq: int) -> float:
 
 def bench(method: str, args: argparse.Namespace) -> dict[str, Any]:
     device = torch.device(args.device)
-    if device.type == "cuda":
+    base = build_model(args.size, device, quantize=method == "qlora")
+    if device.type == "cuda":  # peak of training only, not of building the random weights
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
-    base = build_model(args.size, device, quantize=method == "qlora")
     config = base.config
     spec = MethodSpec(type=method, rank=16, alpha=32, dropout=0.0)
     model, info = apply_method(base, spec, gradient_checkpointing=True)

@@ -20,7 +20,18 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
         "kubetune_trainer.tiny_model",
         "write a random-weight Qwen3 and tokenizer (no hub needed)",
     ),
-    "export": ("kubetune_trainer.export", "merge an adapter into its base model"),
+    "export": (
+        "kubetune_trainer.export",
+        "merge an adapter into its base model (optionally int8/int4)",
+    ),
+    "tune": (
+        "kubetune_trainer.tuning.cli",
+        "Bayesian hyperparameter search (Optuna TPE, median pruning)",
+    ),
+    "estimate": (
+        "kubetune_trainer.estimate",
+        "predict peak GPU memory of a config and say if it fits",
+    ),
     "serve": ("kubetune_server.cli", "serve a model over an OpenAI-compatible HTTP API"),
     "route": (
         "kubetune_server.router_cli",

@@ -141,3 +141,31 @@ def test_mixture_weights_steer_per_task_eval_loss(tiny_model_dir: Path, tmp_path
     # each task is learnt better when it is the favoured one
     assert results["qa"]["eval_loss/qa"] < results["summary"]["eval_loss/qa"]
     assert results["summary"]["eval_loss/summary"] < results["qa"]["eval_loss/summary"]
+
+
+def test_synonym_augmentation_adds_counted_rows_to_train_only(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    train = write(tmp_path / "train.jsonl", QA + SUMMARY)
+    evals = write(tmp_path / "eval.jsonl", QA[:2])
+    synonyms = tmp_path / "synonyms.json"
+    synonyms.write_text(
+        json.dumps(
+            {"信用卡": ["贷记卡"], "customer": ["client"], "card": ["account"]}, ensure_ascii=False
+        ),
+        encoding="utf-8",
+    )
+    raw = base_raw(tiny_model_dir, tmp_path / "out", epochs=1)
+    raw["dataset"] = {
+        "train": {"path": train},
+        "eval": {"path": evals},
+        "augmentation": {
+            "synonyms": {"dictionary": str(synonyms), "probability": 1.0},
+            "maxRows": 6,
+        },
+    }
+    _, summary = fit(parse_trainer_config(raw), RunOptions(device="cpu", resume="never"))
+    assert summary["data"]["augmented"]["kept"] == 6
+    assert summary["data"]["eval"]["kept"] == 2  # eval untouched
+    added = (tmp_path / "out" / "augmented_train.jsonl").read_text(encoding="utf-8").splitlines()
+    assert len(added) == 6 and all('"_augmented": "synonyms"' in line for line in added)

@@ -11,6 +11,7 @@ each task's rows so no row repeats before all have been seen. Called by `train.r
 from __future__ import annotations
 
 import hashlib
+import json
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -108,6 +109,8 @@ def prepare_data(cfg: TrainerConfig) -> Prepared:
         )
         train += examples
         paths.append(train_path)
+        if ds.augmentation is not None and ds.augmentation.max_rows > 0:
+            train += _augmented(cfg, train_path, tokenizer, task, stats, suffix)
         eval_path = _path(eval_src, f"{where}.eval") or (
             _path(ds.eval, "dataset.eval") if not task else None
         )
@@ -119,6 +122,28 @@ def prepare_data(cfg: TrainerConfig) -> Prepared:
     return Prepared(
         tokenizer, train, evals, stats, _files_hash(paths), weights, ds.mixture_temperature
     )
+
+
+def _augmented(
+    cfg: TrainerConfig,
+    train_path: str,
+    tokenizer: Any,
+    task: str | None,
+    stats: dict[str, DataStats],
+    suffix: str,
+) -> list[Example]:
+    """Rows derived from the training file only (eval is never augmented), counted separately."""
+    from kubetune_trainer.augment import augment_file
+
+    ds = cfg.dataset
+    assert ds.augmentation is not None
+    out = Path(cfg.output.path or "output") / f"augmented_train{suffix.replace('/', '_')}.jsonl"
+    aug_stats = augment_file(train_path, ds.augmentation, fmt=ds.format, out_path=out)
+    examples, stats[f"augmented{suffix}"] = load_examples(out, ds, tokenizer, task=task)
+    out.with_suffix(".stats.json").write_text(
+        json.dumps(aug_stats.to_dict(), indent=2, ensure_ascii=False)
+    )
+    return examples
 
 
 def _files_hash(paths: list[str]) -> str:

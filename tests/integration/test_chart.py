@@ -338,10 +338,6 @@ def test_peering_flag_is_accepted_by_the_operator() -> None:
     container = operator_container(render({"replicaCount": 2}))
     known = {a.split("=")[0] for a in container["args"]}
     parser_flags = set(build_parser("kubetune operator")._option_string_actions)
-    if "--peering" not in parser_flags:
-        pytest.xfail(
-            "`kubetune operator` has no --peering flag yet (reported to the operator owner)"
-        )
     assert known - {"operator"} <= parser_flags
     parse_operator_args(container)
 

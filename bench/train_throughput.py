@@ -111,6 +111,8 @@ def run_baseline(args: argparse.Namespace) -> dict[str, Any]:
         TrainingArguments,
     )
 
+    from kubetune_api.finetune import DEFAULT_TARGET_MODULES
+
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     rows = [json.loads(line) for line in Path(args.data).read_text(encoding="utf-8").splitlines()]
     feats = []
@@ -138,15 +140,7 @@ def run_baseline(args: argparse.Namespace) -> dict[str, Any]:
             lora_alpha=16,
             lora_dropout=0.0,
             task_type="CAUSAL_LM",
-            target_modules=[
-                "q_proj",
-                "k_proj",
-                "v_proj",
-                "o_proj",
-                "gate_proj",
-                "up_proj",
-                "down_proj",
-            ],
+            target_modules=list(DEFAULT_TARGET_MODULES),  # the same modules Kubetune's LoRA wraps
         ),
     )
     counter = {"real": 0, "padded": 0}

@@ -118,7 +118,8 @@ def _add_rules(schema: Json, rules: dict[str, list[Json]]) -> None:
         node = schema
         for part in path.split(".") if path else []:
             node = node["properties"][part] if part != "[]" else node["items"]
-        node.setdefault("x-kubernetes-validations", []).extend(items)
+        # copies: a rule dict shared by two paths would otherwise be dumped as a YAML anchor
+        node.setdefault("x-kubernetes-validations", []).extend(copy.deepcopy(items))
 
 
 def openapi_schema(model: type[BaseModel], rules: dict[str, list[Json]] | None = None) -> Json:

@@ -351,7 +351,8 @@ class RetrySpec(ApiModel):
     on_na_n: bool = Field(
         default=True,
         alias="onNaN",
-        description="On NaN/inf loss roll back to the last good checkpoint with the learning rate halved.",
+        description="On NaN/inf loss roll back to the last good checkpoint with the learning rate divided by 3 "
+        "(never below 1e-6).",
     )
 
 

@@ -2,7 +2,8 @@
 
     OutOfMemory / OOMKilled  halve microBatchSize, double gradientAccumulationSteps (the effective
                              batch stays the same); resume from the last checkpoint
-    NaNLoss                  halve the learning rate; resume from the last good checkpoint
+    NaNLoss                  divide the learning rate by 3 (never below 1e-6); resume from the
+                             last good checkpoint; at the floor already, stop
     InvalidConfig / Data     never retried: the same input fails the same way
     anything else            retried unchanged
 all within `spec.retry.maxRetries`. Overrides are cumulative and stored as strings in
@@ -21,6 +22,8 @@ OOM_REASONS = frozenset({"OutOfMemory", "OOMKilled"})
 NAN_REASONS = frozenset({"NaNLoss"})
 FATAL_REASONS = frozenset({"InvalidConfig", "InvalidData"})
 EXIT_REASONS = {2: "InvalidConfig", 3: "InvalidData", 4: "OutOfMemory", 5: "NaNLoss"}
+NAN_LR_DIVISOR = 3
+MIN_LEARNING_RATE = 1e-6
 
 OVERRIDE_FIELDS = {
     "microBatchSize": "micro_batch_size",
@@ -84,9 +87,14 @@ def _oom(spec: FineTuneJobSpec, overrides: dict[str, str]) -> RetryDecision:
 
 def _nan(spec: FineTuneJobSpec, overrides: dict[str, str], failure: Failure) -> RetryDecision:
     lr = apply_overrides(spec.training, overrides).learning_rate
-    new = {**overrides, "learningRate": repr(lr / 2)}
+    lower = max(float(f"{lr / NAN_LR_DIVISOR:.3g}"), MIN_LEARNING_RATE)
+    if lower >= lr:
+        return RetryDecision(
+            False, overrides, f"NaN loss at learningRate {lr:g}, already at the {MIN_LEARNING_RATE:g} floor"
+        )
+    new = {**overrides, "learningRate": f"{lower:g}"}
     where = f"checkpoint {failure.checkpoint}" if failure.checkpoint else "the start"
-    return RetryDecision(True, new, f"learningRate {lr:g} -> {lr / 2:g}, resuming from {where}")
+    return RetryDecision(True, new, f"learningRate {lr:g} -> {lower:g}, resuming from {where}")
 
 
 def decide_retry(

@@ -1,7 +1,7 @@
 """A FineTuneJob's life, with the pod driven as a kubelet would drive it.
 
 Running -> Succeeded; OutOfMemory -> Retrying with a halved micro-batch (visible in the new
-attempt's ConfigMap and in status.attempts) -> NaNLoss -> Retrying with a halved learning rate
+attempt's ConfigMap and in status.attempts) -> NaNLoss -> Retrying with the learning rate divided by 3
 -> Failed after maxRetries; config errors fail at once; suspend and resume; image pull errors
 become conditions; deletion cascades to the children but not to the output volume.
 """
@@ -40,7 +40,7 @@ def manifest(name: str, **spec: Any) -> dict[str, Any]:
             "source": {"pvc": {"claimName": "models", "path": "Qwen3-8B"}},
         },
         "dataset": {"train": {"pvc": {"claimName": "data", "path": "faq/train.jsonl"}}},
-        "training": {"microBatchSize": 8, "gradientAccumulationSteps": 2, "learningRate": 2e-4},
+        "training": {"microBatchSize": 8, "gradientAccumulationSteps": 2, "learningRate": 3e-4},
         "resources": {"gpusPerNode": 1},
         "output": {"pvc": {"claimName": "output", "path": name}},
         "retry": {"maxRetries": 2},

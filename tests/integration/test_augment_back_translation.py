@@ -53,7 +53,12 @@ def create_app(state: Translator) -> FastAPI:
             raise HTTPException(500, "translation backend failed")
         if "[slow]" in text:
             await asyncio.sleep(2.0)
-        if state.exit_after is not None and state.requests >= state.exit_after and state.server:
+        if state.exit_after is not None and state.requests > state.exit_after:
+            # Dying: uvicorn notices should_exit only on its next 0.1 s tick, so a fast client
+            # could still be answered; never answer past the limit within the client's timeout.
+            await asyncio.sleep(3.0)
+            raise HTTPException(503, "shutting down")
+        if state.exit_after is not None and state.requests == state.exit_after and state.server:
             state.server.should_exit = True
         return {"choices": [{"message": {"role": "assistant", "content": translate(system, text)}}]}
 
@@ -147,7 +152,7 @@ def test_max_rows_caps_requests_too(server: tuple[str, Translator]) -> None:
 
 def test_server_killed_midway_is_counted_not_fatal(server: tuple[str, Translator]) -> None:
     endpoint, state = server
-    state.exit_after = 6  # three rows' worth of requests, then the server shuts down
+    state.exit_after = 6  # three rows' worth of requests answered, then the server shuts down
     many = [{"input": f"申请第{i}张卡", "target": "好"} for i in range(60)]
     added, stats = augment_rows(many, spec(endpoint, bt={"timeoutSeconds": 2}), fmt="input-target")
     assert 1 <= len(added) <= 4

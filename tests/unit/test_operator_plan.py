@@ -18,7 +18,7 @@ NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
 SPEC: dict[str, Any] = {
     "model": {"name": "Qwen/Qwen3-8B"},
     "dataset": {"train": {"pvc": {"claimName": "data", "path": "train.jsonl"}}},
-    "training": {"microBatchSize": 4, "learningRate": 2e-4},
+    "training": {"microBatchSize": 4, "learningRate": 3e-4},
     "resources": {"gpusPerNode": 1},
     "output": {"pvc": {"claimName": "out", "path": "faq"}},
     "retry": {"maxRetries": 2},

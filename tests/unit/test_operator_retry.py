@@ -1,4 +1,4 @@
-"""The retry policy: OOM keeps the effective batch, NaN halves the learning rate, limits hold."""
+"""The retry policy: OOM keeps the effective batch, NaN divides the learning rate by 3, limits hold."""
 
 from __future__ import annotations
 
@@ -67,17 +67,25 @@ def test_oom_at_micro_batch_one_gives_up() -> None:
     assert not decision.retry and "microBatchSize 1" in decision.note
 
 
-def test_nan_halves_the_learning_rate_and_says_where_it_resumes() -> None:
-    spec = spec_of({"learningRate": 2e-4})
+def test_nan_divides_the_learning_rate_by_three_and_says_where_it_resumes() -> None:
+    spec = spec_of({"learningRate": 3e-4})
     failure = Failure("NaNLoss", checkpoint="/mnt/pvc/out/x/checkpoints/step-000040")
     decision = decide_retry(spec, failure, {}, failed_attempts=1)
     assert decision.overrides == {"learningRate": "0.0001"}
     assert apply_overrides(spec.training, decision.overrides).learning_rate == pytest.approx(1e-4)
-    assert "step-000040" in decision.note and "0.0002 -> 0.0001" in decision.note
+    assert "step-000040" in decision.note and "0.0003 -> 0.0001" in decision.note
+
+
+def test_nan_never_goes_below_the_floor_and_stops_there() -> None:
+    spec = spec_of({"learningRate": 2e-6})
+    first = decide_retry(spec, Failure("NaNLoss"), {}, failed_attempts=1)
+    assert first.retry and first.overrides == {"learningRate": "1e-06"}
+    second = decide_retry(spec, Failure("NaNLoss"), first.overrides, failed_attempts=2)
+    assert not second.retry and "1e-06 floor" in second.note
 
 
 def test_changes_accumulate_across_kinds() -> None:
-    spec = spec_of({"microBatchSize": 4, "learningRate": 1e-4})
+    spec = spec_of({"microBatchSize": 4, "learningRate": 1.5e-4})
     after_oom = decide_retry(spec, Failure("OutOfMemory"), {}, 1).overrides
     after_nan = decide_retry(spec, Failure("NaNLoss"), after_oom, 2).overrides
     assert after_nan == {

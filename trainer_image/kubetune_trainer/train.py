@@ -227,7 +227,7 @@ class Loop:
             return
         self.state, extra = load_checkpoint(path, model, self.optimizer, self.rt)
         self.scheduler.load_state_dict(extra["scheduler"])
-        # The config's learning rate wins over the checkpoint's: the operator halves it when it
+        # The config's learning rate wins over the checkpoint's: the operator divides it by 3 when it
         # retries after a NaN loss, and the schedule's position (step) still comes from the checkpoint.
         self.scheduler.base_lrs = [self.t.learning_rate for _ in self.scheduler.base_lrs]
         for group in self.optimizer.param_groups:

@@ -43,6 +43,15 @@ class Progress(ApiModel):
     eta_seconds: float | None = Field(default=None, description="Estimated seconds left.")
 
 
+class TaskMetrics(ApiModel):
+    """Eval metrics of one task of a multi-task mixture (spec.dataset.mixture[].task)."""
+
+    eval_loss: float | None = Field(default=None, description="Loss on this task's eval rows.")
+    accuracy: float | None = Field(
+        default=None, description="Target-token accuracy on this task's eval rows."
+    )
+
+
 class Metrics(ApiModel):
     """Latest training metrics, written by the trainer's status reporter."""
 
@@ -54,6 +63,11 @@ class Metrics(ApiModel):
         default=None, description="Real (non-pad) tokens per second, all processes."
     )
     learning_rate: float | None = Field(default=None, description="Current learning rate.")
+    tasks: dict[str, TaskMetrics] | None = Field(
+        default=None,
+        max_length=64,
+        description="Per task of a multi-task mixture: eval loss and accuracy at the latest evaluation.",
+    )
 
 
 class Attempt(ApiModel):
@@ -80,6 +94,24 @@ class Attempt(ApiModel):
     )
 
 
+class Trial(ApiModel):
+    """One trial of a hyperparameter search (spec.search): its values and how it ended."""
+
+    index: int = Field(description="0 for the first trial.")
+    job_name: str = Field(description="The batch/v1 Job that trains this trial.")
+    params: dict[str, str] = Field(
+        description="The searched values, e.g. {learningRate: '0.0003', rank: '16'}."
+    )
+    result: str | None = Field(
+        default=None,
+        description="Unset while it runs; Succeeded, or the failure reason (OutOfMemory, ...).",
+    )
+    eval_loss: float | None = Field(default=None, description="Final eval loss (Succeeded only).")
+    message: str | None = Field(default=None, description="Failure message, if it failed.")
+    start_time: str | None = Field(default=None, description="When its Job was created.")
+    completion_time: str | None = Field(default=None, description="When it ended.")
+
+
 class OutputStatus(ApiModel):
     """Where the results are."""
 
@@ -102,6 +134,12 @@ class FineTuneJobStatus(ApiModel):
         default=None, max_length=64, description="Every attempt, oldest first."
     )
     output: OutputStatus | None = Field(default=None, description="Where the results are.")
+    trials: list[Trial] | None = Field(
+        default=None, max_length=1000, description="Search trials (spec.search), oldest first."
+    )
+    best_trial: int | None = Field(
+        default=None, description="Index of the trial with the lowest eval loss so far."
+    )
     start_time: str | None = Field(default=None, description="When the first attempt started.")
     completion_time: str | None = Field(
         default=None, description="When the job succeeded or failed."

@@ -3,8 +3,10 @@
 `build_trainer_config` takes the trainer's share of the spec (`TrainerConfig.from_spec`),
 points every data source and the model weights at their mounted paths, sets the output folder
 on the mounted output volume, and applies the attempt's retry overrides (smaller micro-batch,
-lower learning rate). `build_config_map` renders it as YAML under `config.yaml`. Pure; called by
-`plan` once per attempt.
+lower learning rate). `build_trial_config` does the same for a search trial (spec.search): its
+sampled values applied (`kubetune tune`'s `with_params`, torch-free) and its own output folder
+`trials/trial-NNNN`. `build_config_map` renders either as YAML under `config.yaml`. Pure; called
+by `children` once per attempt or trial.
 """
 
 from __future__ import annotations
@@ -14,11 +16,14 @@ from typing import Any
 import yaml
 
 from kubetune_api.finetune import FineTuneJobSpec, ModelSpec, OutputSpec
-from kubetune_api.trainer_config import TrainerConfig
+from kubetune_api.trainer_config import TrainerConfig, parse_trainer_config
 from kubetune_operator import names
 from kubetune_operator.mounts import CONFIG_KEY, output_dir, source_path
 from kubetune_operator.owner import Owner
 from kubetune_operator.retry import apply_overrides
+from kubetune_trainer.tuning.space import with_params
+
+Params = dict[str, Any]  # search.space field (learning_rate, rank, ...) -> value
 
 
 def _resolved_model(spec: FineTuneJobSpec) -> ModelSpec:
@@ -62,21 +67,45 @@ def build_trainer_config(
     )
 
 
+def trial_subdir(trial: int) -> str:
+    """A search trial's folder under the job's output folder (the layout of `kubetune tune`)."""
+    return f"trials/trial-{trial:04d}"
+
+
+def build_trial_config(
+    spec: FineTuneJobSpec, name: str, trial: int, params: Params
+) -> TrainerConfig:
+    """What search trial `trial` trains: the attempt config with its values and its own folder."""
+    base = build_trainer_config(spec, name)
+    raw = with_params(base, params)
+    raw["output"] = {"path": f"{output_dir(spec, name)}/{trial_subdir(trial)}"}
+    return parse_trainer_config(raw)
+
+
 def render_config(config: TrainerConfig) -> str:
     """The config as the YAML file the trainer loads (camelCase, no nulls, stable order)."""
     return yaml.safe_dump(config.to_wire(), sort_keys=False, allow_unicode=True, width=100)
 
 
 def build_config_map(
-    owner: Owner, spec: FineTuneJobSpec, attempt: int, overrides: dict[str, str] | None = None
+    owner: Owner,
+    spec: FineTuneJobSpec,
+    attempt: int | names.Run,
+    overrides: dict[str, str] | None = None,
+    params: Params | None = None,
 ) -> dict[str, Any]:
-    """ConfigMap `<name>-a<N>` with `config.yaml`, owned by the FineTuneJob."""
-    text = render_config(build_trainer_config(spec, owner.name, overrides))
+    """ConfigMap `<name>-a<N>` (a trial's: `<name>-t<N>`, with `params`) holding `config.yaml`."""
+    run = names.as_run(attempt)
+    config = (
+        build_trial_config(spec, owner.name, run.index, params or {})
+        if run.trial
+        else build_trainer_config(spec, owner.name, overrides)
+    )
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": owner.child_meta(
-            names.config_map_name(owner.name, attempt), "trainer-config", attempt
+            run.job_name(owner.name), "trainer-config", **run.label_kwargs()
         ),
-        "data": {CONFIG_KEY: text},
+        "data": {CONFIG_KEY: render_config(config)},
     }

@@ -42,13 +42,15 @@ def succeeded(ctx: Context, status: FineTuneJobStatus, attempts: list[Attempt]) 
     return Plan(new, events=[Event("Normal", "Succeeded", new.message or "")])
 
 
-def adapter_location(spec: FineTuneJobSpec, name: str) -> str:
-    """Where the adapter is, as a reference that means something outside the pod."""
+def adapter_location(spec: FineTuneJobSpec, name: str, under: str = "") -> str:
+    """Where the adapter is, as a reference that means something outside the pod; `under` is
+    a folder below the output folder (a search trial's `trials/trial-NNNN`)."""
     out = spec.output
+    tail = f"{under.strip('/')}/adapter" if under else "adapter"
     if out.pvc is not None:
         sub = (out.pvc.path or name).strip("/")
-        return f"pvc://{out.pvc.claim_name}/{sub}/adapter"
-    return f"{(out.uri or '').rstrip('/')}/adapter"
+        return f"pvc://{out.pvc.claim_name}/{sub}/{tail}"
+    return f"{(out.uri or '').rstrip('/')}/{tail}"
 
 
 def failed_attempt(

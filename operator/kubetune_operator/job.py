@@ -41,15 +41,23 @@ def trainer_args(spec: FineTuneJobSpec, settings: Settings) -> list[str]:
     return [*launch, "--no-python", *train]
 
 
-def _env(owner: Owner, spec: FineTuneJobSpec, attempt: int, settings: Settings) -> list[Json]:
-    env: list[Json] = [
-        {"name": "KUBETUNE_FINETUNEJOB", "value": f"{owner.namespace}/{owner.name}"},
-        {"name": "KUBETUNE_ATTEMPT", "value": str(attempt)},
+def _env(owner: Owner, spec: FineTuneJobSpec, run: names.Run, settings: Settings) -> list[Json]:
+    # An attempt reports progress into the FineTuneJob's status; a search trial does not (the
+    # operator owns a search's progress and reads each trial's result from its pod).
+    env: list[Json] = (
+        [{"name": "KUBETUNE_TRIAL", "value": str(run.index)}]
+        if run.trial
+        else [
+            {"name": "KUBETUNE_FINETUNEJOB", "value": f"{owner.namespace}/{owner.name}"},
+            {"name": "KUBETUNE_ATTEMPT", "value": str(run.index)},
+        ]
+    )
+    env += [
         {"name": "PYTHONUNBUFFERED", "value": "1"},
         {"name": "HF_HOME", "value": "/tmp/hf"},
     ]
     if spec.resources.nodes > 1:
-        job = names.job_name(owner.name, attempt)
+        job = run.job_name(owner.name)
         index = f"metadata.annotations['{names.COMPLETION_INDEX}']"
         env += [
             {"name": "NODE_RANK", "valueFrom": {"fieldRef": {"fieldPath": index}}},
@@ -76,7 +84,7 @@ def _resources(spec: FineTuneJobSpec) -> Json:
 
 
 def _container(
-    owner: Owner, spec: FineTuneJobSpec, attempt: int, settings: Settings, mounts: Mounts
+    owner: Owner, spec: FineTuneJobSpec, run: names.Run, settings: Settings, mounts: Mounts
 ) -> Json:
     return {
         "name": TRAINER_CONTAINER,
@@ -84,7 +92,7 @@ def _container(
         "imagePullPolicy": settings.image_pull_policy,
         "command": ["torchrun"],
         "args": trainer_args(spec, settings),
-        "env": _env(owner, spec, attempt, settings),
+        "env": _env(owner, spec, run, settings),
         "resources": _resources(spec),
         "volumeMounts": [
             {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
@@ -107,15 +115,13 @@ def _tolerations(spec: FineTuneJobSpec, settings: Settings) -> list[Json]:
     return own + [t for t in gpu if t not in own]
 
 
-def _pod_spec(
-    owner: Owner, spec: FineTuneJobSpec, attempt: int, settings: Settings, config_map: str
-) -> Json:
+def _pod_spec(owner: Owner, spec: FineTuneJobSpec, run: names.Run, settings: Settings) -> Json:
     mounts = resolve_mounts(spec, owner.name)
     uid = settings.run_as_user
     pod: Json = {
         "restartPolicy": "Never",
         "serviceAccountName": names.trainer_account_name(owner.name),
-        "automountServiceAccountToken": True,
+        "automountServiceAccountToken": not run.trial,  # only attempts patch the status
         "securityContext": {
             "runAsNonRoot": True,
             "runAsUser": uid,
@@ -123,9 +129,9 @@ def _pod_spec(
             "fsGroup": uid,
             "seccompProfile": {"type": "RuntimeDefault"},
         },
-        "containers": [_container(owner, spec, attempt, settings, mounts)],
+        "containers": [_container(owner, spec, run, settings, mounts)],
         "volumes": [
-            {"name": "config", "configMap": {"name": config_map}},
+            {"name": "config", "configMap": {"name": run.job_name(owner.name)}},
             {"name": "dshm", "emptyDir": {"medium": "Memory"}},
             {"name": "tmp", "emptyDir": {}},
             *mounts.volumes,
@@ -142,16 +148,22 @@ def _pod_spec(
 
 
 def build_job(
-    owner: Owner, spec: FineTuneJobSpec, attempt: int, settings: Settings, config_hash: str = ""
+    owner: Owner,
+    spec: FineTuneJobSpec,
+    attempt: int | names.Run,
+    settings: Settings,
+    config_hash: str = "",
 ) -> Json:
-    """batch/v1 Job `<name>-a<N>`: backoffLimit 0, Indexed when nodes > 1."""
-    name = names.job_name(owner.name, attempt)
+    """batch/v1 Job `<name>-a<N>` (a search trial: `<name>-t<N>`): backoffLimit 0, Indexed
+    when nodes > 1."""
+    run = names.as_run(attempt)
+    name = run.job_name(owner.name)
     nodes = spec.resources.nodes
-    meta = owner.child_meta(name, "trainer", attempt)
+    meta = owner.child_meta(name, "trainer", **run.label_kwargs())
     if config_hash:
         meta["annotations"][names.ANNOTATION_HASH] = config_hash
     template_meta = {
-        "labels": names.labels(owner.name, "trainer", attempt),
+        "labels": run.labels(owner.name, "trainer"),
         "annotations": dict(meta["annotations"]),
     }
     return {
@@ -165,9 +177,7 @@ def build_job(
             "completionMode": "Indexed" if nodes > 1 else "NonIndexed",
             "template": {
                 "metadata": template_meta,
-                "spec": _pod_spec(
-                    owner, spec, attempt, settings, names.config_map_name(owner.name, attempt)
-                ),
+                "spec": _pod_spec(owner, spec, run, settings),
             },
         },
     }

@@ -1,6 +1,6 @@
 """Names, labels and annotations of a FineTuneJob's children: pure and deterministic.
 
-Every child name is derived from the FineTuneJob name (and the attempt number), so building the
+Every child name is derived from the FineTuneJob name (and the attempt or trial number), so building the
 same FineTuneJob twice, or after an operator restart, names the same objects. Names that would
 exceed a Kubernetes limit are shortened with a hash suffix, still deterministically. Called by
 the builders (`job`, `config`, `rbac`) and by `observe`, which maps children back to their owner.
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from dataclasses import dataclass
 
 GROUP = "kubetune.io"
 API_VERSION = "kubetune.io/v1alpha1"
@@ -19,10 +20,12 @@ FIELD_MANAGER = "kubetune-operator"
 
 LABEL_FTJ = "kubetune.io/finetunejob"  # value: label_value(name); select children with it
 LABEL_ATTEMPT = "kubetune.io/attempt"
+LABEL_TRIAL = "kubetune.io/trial"  # search trials (spec.search) instead of attempts
 LABEL_COMPONENT = "app.kubernetes.io/component"
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 ANNOTATION_FTJ = "kubetune.io/finetunejob"  # the full name (label values stop at 63 characters)
 ANNOTATION_HASH = "kubetune.io/config-hash"  # sha256 of the attempt's config.yaml
+ANNOTATION_PARAMS = "kubetune.io/trial-params"  # a trial's searched values, JSON
 COMPLETION_INDEX = "batch.kubernetes.io/job-completion-index"
 
 JOB_NAME_LIMIT = 52  # pods of an Indexed Job are named <job>-<index>-<5 random>: stay below 63
@@ -49,6 +52,11 @@ def job_name(name: str, attempt: int) -> str:
     return _bounded(name, f"-a{attempt}", JOB_NAME_LIMIT)
 
 
+def trial_job_name(name: str, trial: int) -> str:
+    """The batch/v1 Job (and ConfigMap) of one search trial: `<name>-t<N>`."""
+    return _bounded(name, f"-t{trial}", JOB_NAME_LIMIT)
+
+
 def config_map_name(name: str, attempt: int) -> str:
     """The ConfigMap holding the resolved trainer config of one attempt."""
     return job_name(name, attempt)
@@ -65,8 +73,10 @@ def trainer_account_name(name: str) -> str:
     return _bounded(name, "-trainer", LABEL_LIMIT)
 
 
-def labels(name: str, component: str, attempt: int | None = None) -> dict[str, str]:
-    """Labels every child carries; `attempt` only on per-attempt children."""
+def labels(
+    name: str, component: str, attempt: int | None = None, trial: int | None = None
+) -> dict[str, str]:
+    """Labels every child carries; `attempt` (or `trial`) only on per-attempt (per-trial) ones."""
     out = {
         LABEL_MANAGED_BY: FIELD_MANAGER,
         LABEL_COMPONENT: component,
@@ -74,4 +84,32 @@ def labels(name: str, component: str, attempt: int | None = None) -> dict[str, s
     }
     if attempt is not None:
         out[LABEL_ATTEMPT] = str(attempt)
+    if trial is not None:
+        out[LABEL_TRIAL] = str(trial)
     return out
+
+
+@dataclass(frozen=True)
+class Run:
+    """Which Job of a FineTuneJob: attempt N (`<name>-a<N>`) or search trial N (`<name>-t<N>`)."""
+
+    index: int
+    trial: bool = False
+
+    def job_name(self, name: str) -> str:
+        """The Job's name; its ConfigMap has the same name."""
+        return trial_job_name(name, self.index) if self.trial else job_name(name, self.index)
+
+    def labels(self, name: str, component: str) -> dict[str, str]:
+        if self.trial:
+            return labels(name, component, trial=self.index)
+        return labels(name, component, attempt=self.index)
+
+    def label_kwargs(self) -> dict[str, int]:
+        """`attempt=N` or `trial=N`, for `Owner.child_meta`."""
+        return {"trial" if self.trial else "attempt": self.index}
+
+
+def as_run(run: int | Run) -> Run:
+    """An attempt number, or a Run as it is."""
+    return run if isinstance(run, Run) else Run(run)

@@ -5,7 +5,9 @@ them in memory, so reconciling reads no lists from the API server). `observe_att
 snapshots of one attempt into an `Observation`: Missing, Pending (Unschedulable,
 ImagePullBackOff, ...), Running, Succeeded or Failed with a `Failure` parsed from the trainer's
 termination message (`{"reason": "OutOfMemory", "exitCode": 4, "step": ..., ...}`), its exit
-code, or the container's own reason (`OOMKilled`). Called by `plan` and `handlers`.
+code, or the container's own reason (`OOMKilled`). A search trial's children carry a trial
+label instead of an attempt label, and `succeeded_eval_loss` reads a finished trial's result
+from its pod. Called by `plan`, `search` and `handlers`.
 """
 
 from __future__ import annotations
@@ -36,11 +38,16 @@ class Observation:
     scheduled: bool = False
 
 
-def _attempt(meta: Json) -> int:
+def _index(meta: Json, label: str = names.LABEL_ATTEMPT) -> int:
+    """The attempt (or trial) number a child is labelled with; -1 when it has none."""
     try:
-        return int(meta.get("labels", {}).get(names.LABEL_ATTEMPT, "-1"))
+        return int(meta.get("labels", {}).get(label, "-1"))
     except ValueError:
         return -1
+
+
+def _attempt(meta: Json) -> int:
+    return _index(meta, names.LABEL_ATTEMPT)
 
 
 def job_snapshot(body: Json) -> Json:
@@ -49,6 +56,8 @@ def job_snapshot(body: Json) -> Json:
     return {
         "name": meta.get("name"),
         "attempt": _attempt(meta),
+        "trial": _index(meta, names.LABEL_TRIAL),
+        "params": meta.get("annotations", {}).get(names.ANNOTATION_PARAMS),
         "conditions": [
             {k: c.get(k) for k in ("type", "status", "reason", "message")}
             for c in status.get("conditions") or []
@@ -62,6 +71,7 @@ def pod_snapshot(body: Json) -> Json:
     return {
         "name": meta.get("name"),
         "attempt": _attempt(meta),
+        "trial": _index(meta, names.LABEL_TRIAL),
         "nodeName": spec.get("nodeName"),
         "phase": status.get("phase", "Pending"),
         "reason": status.get("reason"),
@@ -104,6 +114,17 @@ def pod_failure(pod: Json) -> Failure:
     if not message:
         message = f"container {TRAINER_CONTAINER} exited with code {code}"
     return Failure(reason, message, code, parsed.get("step"), parsed.get("checkpoint") or None)
+
+
+def succeeded_eval_loss(pods: list[Json]) -> float | None:
+    """The final eval loss a finished trainer wrote into its `Succeeded` termination line."""
+    for pod in pods:
+        term = (_container(pod).get("state") or {}).get("terminated") or {}
+        parsed = parse_termination(term.get("message"))
+        loss = parsed.get("evalLoss") if parsed.get("reason") == "Succeeded" else None
+        if isinstance(loss, int | float) and not isinstance(loss, bool):
+            return float(loss)
+    return None
 
 
 def _failed(pod: Json) -> bool:

@@ -35,12 +35,14 @@ class Owner:
             "blockOwnerDeletion": True,
         }
 
-    def child_meta(self, name: str, component: str, attempt: int | None = None) -> dict[str, Any]:
+    def child_meta(
+        self, name: str, component: str, attempt: int | None = None, trial: int | None = None
+    ) -> dict[str, Any]:
         """metadata of a child object: name, namespace, labels, annotations, ownerReferences."""
         return {
             "name": name,
             "namespace": self.namespace,
-            "labels": names.labels(self.name, component, attempt),
+            "labels": names.labels(self.name, component, attempt, trial),
             "annotations": {names.ANNOTATION_FTJ: self.name},
             "ownerReferences": [self.reference()],
         }

@@ -1,6 +1,7 @@
 """The reconcile decision, pure: FineTuneJob + observed children + now -> what to do.
 
     spec invalid           -> Failed / InvalidSpec, no children
+    spec.search            -> a hyperparameter search: trial Jobs instead of attempts (`search`)
     no attempt yet         -> attempt 0: RBAC, ConfigMap and Job (+ headless Service)
     spec.suspend           -> delete the running Job (checkpoints stay), Suspended
     current attempt        -> observe its Job and pods: Pending (timeout?), Running, Succeeded,
@@ -30,6 +31,7 @@ from kubetune_operator.plan_types import (
     started_message,
 )
 from kubetune_operator.retry import Failure
+from kubetune_operator.search import plan_search
 from kubetune_operator.settings import Settings
 from kubetune_operator.status import parse_status, parse_time, set_condition, shorten, timestamp
 from kubetune_operator.validation import parse_spec
@@ -54,6 +56,8 @@ def plan_reconcile(
     if status.phase in TERMINAL:
         return Plan(status)
     ctx = Context(Owner.of(body), spec, observed, settings, now, generation, full)
+    if spec.search is not None:
+        return plan_search(ctx, status)
     attempts = list(status.attempts or [])
     if not attempts or attempts[-1].result == "Suspended":
         return _start_or_stay_suspended(ctx, status, attempts)

@@ -43,6 +43,7 @@ class Plan:
     delete_jobs: list[str] = field(default_factory=list)
     events: list[Event] = field(default_factory=list)
     requeue_after: float | None = None  # seconds until a deadline (pendingTimeoutSeconds) passes
+    status_keys: tuple[str, ...] = ()  # status keys the operator writes besides its own (a search)
 
 
 @dataclass

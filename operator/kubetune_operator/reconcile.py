@@ -137,7 +137,7 @@ class Reconciler:
         await asyncio.gather(*(self._call(self.kube.apply, o) for o in first))
         second = [self._call(self.kube.apply, o) for o in plan.apply if o["kind"] == "Job"]
         second += [self._call(self.kube.delete_job, namespace, job) for job in plan.delete_jobs]
-        patch = status_patch(body.get("status"), plan.status)
+        patch = status_patch(body.get("status"), plan.status, plan.status_keys)
         if patch:
             second.append(self._call(self.kube.patch_finetunejob_status, namespace, name, patch))
         answers = await asyncio.gather(*second)

@@ -90,7 +90,9 @@ def _nan(spec: FineTuneJobSpec, overrides: dict[str, str], failure: Failure) -> 
     lower = max(float(f"{lr / NAN_LR_DIVISOR:.3g}"), MIN_LEARNING_RATE)
     if lower >= lr:
         return RetryDecision(
-            False, overrides, f"NaN loss at learningRate {lr:g}, already at the {MIN_LEARNING_RATE:g} floor"
+            False,
+            overrides,
+            f"NaN loss at learningRate {lr:g}, already at the {MIN_LEARNING_RATE:g} floor",
         )
     new = {**overrides, "learningRate": f"{lower:g}"}
     where = f"checkpoint {failure.checkpoint}" if failure.checkpoint else "the start"

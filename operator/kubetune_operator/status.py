@@ -1,7 +1,8 @@
 """Status arithmetic: conditions that keep their transition time, and the minimal status patch.
 
-The operator owns phase, conditions, attempts, output, startTime, completionTime,
-observedGeneration and message; the trainer owns progress and metrics. `status_patch` compares
+The operator owns phase, conditions, attempts, trials, output, startTime, completionTime,
+observedGeneration and message; the trainer owns progress and metrics (except in a search,
+whose trial pods report nothing: there the operator writes them too). `status_patch` compares
 only the operator's keys, so a reconcile never overwrites what the trainer reported and patches
 nothing when nothing changed. Pure; called by `plan` and `reconcile`.
 """
@@ -24,6 +25,8 @@ OWNED_KEYS = (
     "completionTime",
     "observedGeneration",
     "message",
+    "trials",
+    "bestTrial",
 )
 MAX_MESSAGE = 1024
 
@@ -89,12 +92,15 @@ def condition(status: FineTuneJobStatus, kind: str) -> Condition | None:
     return next((c for c in status.conditions or [] if c.type == kind), None)
 
 
-def status_patch(current: Any, desired: FineTuneJobStatus) -> dict[str, Any]:
-    """A JSON merge patch of the operator's status keys; {} when nothing changed."""
+def status_patch(
+    current: Any, desired: FineTuneJobStatus, extra_keys: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    """A JSON merge patch of the operator's status keys (and `extra_keys`: a search owns
+    progress and metrics too); {} when nothing changed."""
     have = current if isinstance(current, dict) else {}
     want = desired.to_wire()
     patch: dict[str, Any] = {}
-    for key in OWNED_KEYS:
+    for key in dict.fromkeys((*OWNED_KEYS, *extra_keys)):
         if want.get(key) != have.get(key):
             patch[key] = want.get(key)
     return patch

@@ -3,7 +3,8 @@
 The API server already enforces the CRD schema; pydantic re-checks it (a CRD installed from an
 older release, or objects written with validation off) and adds cross-field rules. On top,
 `cluster_problems` rejects what is valid for `kubetune train` but meaningless in a pod, such as
-a local output path. Every problem names its field: "spec.output: ...". Called by `plan`.
+a local output path, or a search (`spec.search`) without eval data. Every problem names its
+field: "spec.output: ...". Called by `plan`.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ def parse_spec(raw: Any) -> FineTuneJobSpec:
 def cluster_problems(spec: FineTuneJobSpec) -> list[str]:
     """Problems of a spec that is schema-valid but cannot run as a pod."""
     problems = _output_problems(spec) + _data_problems(spec) + _resource_problems(spec)
+    problems += _search_problems(spec)
     try:
         spec.training.resolved_micro_batch(world_size(spec))
     except ValueError as err:
@@ -92,3 +94,18 @@ def _resource_problems(spec: FineTuneJobSpec) -> list[str]:
             "spec.method.type: qlora needs a GPU (4-bit bitsandbytes), got gpusPerNode 0"
         )
     return problems
+
+
+def _search_problems(spec: FineTuneJobSpec) -> list[str]:
+    """spec.search: what `kubetune tune` would refuse (no eval data, values the schema refuses)."""
+    if spec.search is None:
+        return []
+    from kubetune_api.trainer_config import TrainerConfig
+    from kubetune_trainer.tuning.space import check_search
+
+    config = TrainerConfig.from_spec(spec).model_copy(update={"search": spec.search})
+    try:
+        check_search(config)
+    except ConfigError as err:
+        return [f"spec.{p}" for p in err.problems]
+    return []

@@ -1,5 +1,6 @@
 """The real trainer, run as a local process with the trainer pod's command, args and environment,
-reports into the real API server: `kubectl get ftj` shows PROGRESS and LOSS moving.
+reports into the real API server: `kubectl get ftj` shows PROGRESS and LOSS moving, and the
+per-task eval metrics of its two-task mixture land in `status.metrics.tasks`.
 
 The pod itself sits on a kwok node (no containers run there). The test reads the Job's
 container spec and the attempt's ConfigMap, substitutes local folders for the mounted volumes
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -40,6 +42,8 @@ from operator_helpers import (
 pytestmark = pytest.mark.e2e
 Wait = Callable[..., Any]
 NAME = "tiny-faq"
+LANGUAGES = ("zh", "en")
+CJK = re.compile("[\u4e00-\u9fff]")
 
 
 def manifest() -> dict[str, Any]:
@@ -52,9 +56,15 @@ def manifest() -> dict[str, Any]:
                 "name": "tiny-qwen3",
                 "source": {"pvc": {"claimName": "models", "path": "tiny-qwen3"}},
             },
-            "dataset": {
-                "train": {"pvc": {"claimName": "data", "path": "faq/train.jsonl"}},
-                "eval": {"pvc": {"claimName": "data", "path": "faq/eval.jsonl"}},
+            "dataset": {  # two tasks, so status.metrics.tasks is exercised too
+                "mixture": [
+                    {
+                        "name": lang,
+                        "train": {"pvc": {"claimName": "data", "path": f"faq/{lang}-train.jsonl"}},
+                        "eval": {"pvc": {"claimName": "data", "path": f"faq/{lang}-eval.jsonl"}},
+                    }
+                    for lang in LANGUAGES
+                ]
             },
             "method": {"type": "lora", "rank": 8},
             "training": {
@@ -79,9 +89,10 @@ def local_volumes(root: Path, tiny_model_dir: Path) -> Path:
     (pvc / "models" / "tiny-qwen3").symlink_to(tiny_model_dir)
     (pvc / "data" / "faq").mkdir(parents=True)
     for split in ("train", "eval"):
-        shutil.copy(
-            REPO / "examples" / "data" / f"{split}.jsonl", pvc / "data" / "faq" / f"{split}.jsonl"
-        )
+        lines = (REPO / "examples" / "data" / f"{split}.jsonl").read_text().splitlines()
+        for lang in LANGUAGES:
+            kept = [line for line in lines if bool(CJK.search(line)) == (lang == "zh")]
+            (pvc / "data" / "faq" / f"{lang}-{split}.jsonl").write_text("\n".join(kept) + "\n")
     (pvc / "output").mkdir()
     return pvc
 
@@ -179,6 +190,9 @@ def test_trainer_reports_progress_and_loss_into_the_api_server(
         status = status_of(kubectl, ns, NAME)
         assert status["progress"]["percent"] == 100.0 and status["progress"]["step"] == 64
         assert status["metrics"]["trainLoss"] > 0 and status["metrics"]["evalLoss"] > 0
+        tasks = status["metrics"]["tasks"]
+        assert sorted(tasks) == ["en", "zh"], tasks
+        assert all(t["evalLoss"] > 0 and 0 <= t["accuracy"] <= 1 for t in tasks.values())
         assert (pvc / "output" / "faq" / "adapter").is_dir()
         assert list((pvc / "output" / "faq" / "checkpoints").iterdir())
         assert "could not patch" not in output, output[-3000:]

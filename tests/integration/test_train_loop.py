@@ -177,7 +177,12 @@ def test_swift_finetune_trains_the_seed_example(tiny_model_dir: Path, tmp_path: 
         f"model_name: {tiny_model_dir}\nframework: ms-swift\npeft_method: lora\nlora_rank: 16\n"
         "batch_size: 4\nlearning_rate: 3e-3\nepochs: 2\ngradient_accumulation_steps: 2\n"
     )
-    env = {**os.environ, "PYTHONPATH": f"{ROOT / 'operator'}:{ROOT / 'trainer_image'}"}
+    term = tmp_path / "termination-log"
+    env = {
+        **os.environ,
+        "PYTHONPATH": f"{ROOT / 'operator'}:{ROOT / 'trainer_image'}",
+        "KUBETUNE_TERMINATION_LOG": str(term),
+    }
     script = Path(sys.executable).parent / "swift-finetune"
     cmd = (
         [str(script)]
@@ -216,6 +221,10 @@ def test_swift_finetune_trains_the_seed_example(tiny_model_dir: Path, tmp_path: 
         json.loads(line) for line in proc.stdout.splitlines() if line.startswith('{"event": "step"')
     ]
     assert steps and steps[-1]["loss"] < steps[0]["loss"]
+    done = json.loads(term.read_text())  # what the operator reads from a finished pod
+    assert done["reason"] == "Succeeded" and done["exitCode"] == 0
+    assert done["evalLoss"] == pytest.approx(summary["metrics"]["eval_loss"])
+    assert done["step"] == summary["steps"]
 
 
 def test_zero2_two_processes_match_one_process(tiny_model_dir: Path, tmp_path: Path) -> None:

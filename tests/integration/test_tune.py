@@ -16,9 +16,8 @@ from optuna.trial import TrialState
 
 from kubetune_api.trainer_config import parse_trainer_config
 from kubetune_trainer.train import RunOptions, run
-from kubetune_trainer.tuning import TuneOptions, tune
 from kubetune_trainer.tuning.cli import main
-from kubetune_trainer.tuning.study import STUDY_NAME, storage_url
+from kubetune_trainer.tuning.study import STUDY_NAME, TuneOptions, storage_url, tune
 
 pytestmark = pytest.mark.integration
 

@@ -201,6 +201,11 @@ def test_operator_image_install_steps_work_without_torch(tmp_path: Path) -> None
         capture_output=True, text=True, check=True, cwd=tmp_path,
     ).stdout  # fmt: skip
     assert "--namespace" in help_text
+    handlers = subprocess.run(  # every module a reconcile uses: search (optuna), pre-flight
+        [str(python), "-c", "import kubetune_operator.handlers, kubetune_operator.search"],
+        capture_output=True, text=True, cwd=tmp_path,
+    )  # fmt: skip
+    assert handlers.returncode == 0, handlers.stderr[-2000:]
     no_torch = subprocess.run(
         [str(python), "-c", "import torch"], capture_output=True, cwd=tmp_path
     )

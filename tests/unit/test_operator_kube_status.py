@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from kubetune_trainer.kube_status import KubeStatusReporter, progress_patch
+from kubetune_trainer.kube_status import KubeStatusReporter, eval_patch, progress_patch
 from kubetune_trainer.progress import StepRecord
 
 
@@ -45,6 +45,24 @@ def test_progress_patch_fields_and_rounding() -> None:
 
 def test_nan_loss_is_left_out() -> None:
     assert "trainLoss" not in progress_patch(record(3, float("nan")))["metrics"]
+
+
+def test_eval_patch_reports_each_task_of_a_mixture() -> None:
+    metrics = {
+        "eval_loss": 1.0,
+        "accuracy": 0.5,
+        "perplexity": 2.7,
+        "eval_loss/faq": 0.81234,
+        "accuracy/faq": 0.75,
+        "perplexity/faq": 2.25,
+        "eval_loss/chat": float("nan"),
+        "accuracy/chat": 0.25,
+    }
+    assert eval_patch(metrics) == {
+        "evalLoss": 1.0,
+        "tasks": {"faq": {"evalLoss": 0.8123, "accuracy": 0.75}, "chat": {"accuracy": 0.25}},
+    }
+    assert eval_patch({"eval_loss": 2.0}) == {"evalLoss": 2.0}  # one dataset: no tasks
 
 
 def test_throttled_to_the_latest_values_and_flushed_at_end() -> None:

@@ -12,6 +12,7 @@ from kubetune_trainer.failures import (
     ExitCode,
     TerminationReason,
     termination_log_path,
+    write_success,
     write_termination,
 )
 from kubetune_trainer.progress import JsonLinesReporter, StepRecord
@@ -48,6 +49,22 @@ def test_termination_reason_round_trip(tmp_path: Path) -> None:
         and parsed.step == 3
     )
     assert TerminationReason.parse("Error: plain text") is None
+
+
+def test_success_line_carries_the_final_losses(tmp_path: Path) -> None:
+    path = tmp_path / "termination-log"
+    summary = {
+        "metrics": {"eval_loss": 1.25, "train_loss": float("nan")},
+        "steps": 12,
+        "adapter_path": "/out/adapter",
+    }
+    line = write_success(path, summary)
+    data = json.loads(path.read_text())
+    assert data == json.loads(line)
+    assert data["reason"] == "Succeeded" and data["exitCode"] == 0 and data["step"] == 12
+    assert data["evalLoss"] == 1.25 and "trainLoss" not in data  # NaN is not JSON: left out
+    parsed = TerminationReason.parse(line)
+    assert parsed is not None and parsed.evalLoss == 1.25
 
 
 def test_termination_message_fits_kubelet_limit() -> None:

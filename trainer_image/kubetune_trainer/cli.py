@@ -5,13 +5,15 @@
 
 Exit codes (see failures.ExitCode): 0 done, 2 invalid config (one line per problem), 3 invalid
 data (file:line: reason), 4 out of memory, 5 NaN/inf loss, 1 anything else. A failure also
-writes a one-line JSON reason to the termination log.
+writes a one-line JSON reason to the termination log; success writes a `Succeeded` line with
+the final losses (the first process of a pod only: torchrun's LOCAL_RANK 0).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 
@@ -21,6 +23,7 @@ from kubetune_trainer.failures import (
     TrainingFailure,
     is_out_of_memory,
     termination_log_path,
+    write_success,
     write_termination,
 )
 
@@ -82,6 +85,8 @@ def main(argv: Sequence[str] | None = None, prog: str = "kubetune train") -> int
             return _fail(term, ExitCode.OUT_OF_MEMORY, [str(err).splitlines()[0]])
         _fail(term, ExitCode.ERROR, [f"{type(err).__name__}: {err}"])
         raise
+    if os.environ.get("LOCAL_RANK", "0") == "0":
+        write_success(term, summary)
     print(
         json.dumps(
             {

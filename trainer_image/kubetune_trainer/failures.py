@@ -1,19 +1,24 @@
-"""How a training run fails: exit codes and the one-line JSON termination reason.
+"""How a training run ends: exit codes and the one-line JSON termination reason.
 
 The trainer writes the reason to the termination file (Kubernetes reads
 `/dev/termination-log` into the container's terminated state); the operator reads it back and
 decides whether to retry (OutOfMemory: smaller micro-batch; NaNLoss: lower learning rate from
-the last good checkpoint) or fail. Called by the CLI around `train.run`.
+the last good checkpoint) or fail. A run that succeeds writes a line too (reason `Succeeded`,
+with its final eval and train loss): the operator reads a search trial's result from it.
+Called by the CLI around `train.run`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from enum import IntEnum
 from pathlib import Path
+from typing import Any
 
 DEFAULT_TERMINATION_LOG = "/dev/termination-log"
 MAX_MESSAGE_BYTES = 4096  # the kubelet keeps at most 4096 bytes of a termination message
@@ -71,6 +76,8 @@ class TerminationReason:
     exitCode: int
     step: int | None = None
     checkpoint: str | None = None
+    evalLoss: float | None = None
+    trainLoss: float | None = None
 
     def to_json(self) -> str:
         text = json.dumps(
@@ -117,6 +124,32 @@ def write_termination(
         with contextlib.suppress(OSError):
             path.write_text(line + "\n", encoding="utf-8")
     return line
+
+
+def write_success(path: Path | None, summary: Mapping[str, Any]) -> str:
+    """Write the `Succeeded` line of a finished run (final losses, steps, adapter path)."""
+    metrics = summary.get("metrics") or {}
+    line = TerminationReason(
+        "Succeeded",
+        f"adapter at {summary.get('adapter_path')}",
+        int(ExitCode.SUCCESS),
+        step=summary.get("steps"),
+        evalLoss=_finite(metrics.get("eval_loss")),
+        trainLoss=_finite(metrics.get("train_loss")),
+    ).to_json()
+    if path is not None:
+        with contextlib.suppress(OSError):
+            path.write_text(line + "\n", encoding="utf-8")
+    return line
+
+
+def _finite(value: Any) -> float | None:
+    """A JSON-safe float (json.dumps would write NaN, which no JSON parser accepts)."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
 
 
 def is_out_of_memory(err: BaseException) -> bool:

@@ -1,12 +1,13 @@
 """Training progress into the FineTuneJob's status: `kubectl get ftj` shows PROGRESS and LOSS.
 
 `KubeStatusReporter` is a `progress.Reporter`. It merge-patches `status.progress` and
-`status.metrics` of one FineTuneJob through the status subresource, with in-cluster credentials
-(the pod's ServiceAccount, allowed to patch only this object) or KUBECONFIG elsewhere. Patches
-go out on a background thread, at most one per `min_interval` seconds and always the latest
-values, so a slow API server never slows a training step; the last values are flushed at the end.
-API errors are logged and training continues. Added by `reporting.extra_reporters` when
-KUBETUNE_FINETUNEJOB=<namespace>/<name> is set. Knows nothing of the operator.
+`status.metrics` (per task too, for a multi-task mixture) of one FineTuneJob through the
+status subresource, with in-cluster credentials (the pod's ServiceAccount, allowed to patch
+only this object) or KUBECONFIG elsewhere. Patches go out on a background thread, at most one
+per `min_interval` seconds and always the latest values, so a slow API server never slows a
+training step; the last values are flushed at the end. API errors are logged and training
+continues. Added by `reporting.extra_reporters` when KUBETUNE_FINETUNEJOB=<namespace>/<name>
+is set. Knows nothing of the operator.
 """
 
 from __future__ import annotations
@@ -59,6 +60,19 @@ def progress_patch(record: StepRecord) -> Json:
             }
         ),
     }
+
+
+def eval_patch(metrics: dict[str, Any]) -> Json:
+    """status.metrics from eval metrics: evalLoss, and per task of a mixture (`eval_loss/<task>`,
+    `accuracy/<task>`) under `tasks`."""
+    tasks: dict[str, Json] = {}
+    for key, value in metrics.items():
+        name, _, task = key.partition("/")
+        wire = {"eval_loss": "evalLoss", "accuracy": "accuracy"}.get(name)
+        number = _finite(value, 4)
+        if task and wire and number is not None:
+            tasks.setdefault(task, {})[wire] = number
+    return _clean({"evalLoss": _finite(metrics.get("eval_loss"), 4), "tasks": tasks or None})
 
 
 def _merge(old: Json, new: Json) -> Json:
@@ -139,9 +153,9 @@ class KubeStatusReporter(Reporter):
         self._queue(progress_patch(record))
 
     def on_eval(self, step: int, metrics: dict[str, float]) -> None:
-        loss = _finite(metrics.get("eval_loss"), 4)
-        if loss is not None:
-            self._queue({"metrics": {"evalLoss": loss}})
+        patch = eval_patch(metrics)
+        if patch:
+            self._queue({"metrics": patch})
 
     def on_end(self, summary: dict[str, Any]) -> None:
         steps = int(summary.get("steps") or self.total_steps)
@@ -150,10 +164,7 @@ class KubeStatusReporter(Reporter):
             {
                 "progress": {"step": steps, "totalSteps": steps, "percent": 100.0, "etaSeconds": 0},
                 "metrics": _clean(
-                    {
-                        "trainLoss": _finite(metrics.get("train_loss"), 4),
-                        "evalLoss": _finite(metrics.get("eval_loss"), 4),
-                    }
+                    {"trainLoss": _finite(metrics.get("train_loss"), 4), **eval_patch(metrics)}
                 ),
             }
         )

@@ -40,6 +40,7 @@ from optuna.trial import FrozenTrial, TrialState
 from kubetune_api import TrainerConfig
 from kubetune_api.extras import SearchSpec
 from kubetune_trainer.tuning import space as sp
+from kubetune_trainer.tuning.sampler import build_sampler
 from kubetune_trainer.tuning.trials import (
     CONFIG_FILE,
     RESULT_FILE,
@@ -100,9 +101,7 @@ def open_study(
     from kubetune_api import ConfigError
 
     study_dir.mkdir(parents=True, exist_ok=True)
-    sampler = optuna.samplers.TPESampler(
-        seed=search.seed, n_startup_trials=max(2, min(10, trials // 3)), constant_liar=True
-    )
+    sampler = build_sampler(search.seed, trials)
     study = optuna.create_study(
         study_name=STUDY_NAME,
         storage=storage_url(study_dir),

@@ -318,6 +318,12 @@ class ResourcesSpec(ApiModel):
     gpus_per_node: int = Field(
         default=1, ge=0, le=16, description="nvidia.com/gpu per pod; one process per GPU."
     )
+    gpu_memory: str | None = Field(
+        default=None,
+        pattern=r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|K|M|G|T)?$",
+        description="Memory of one GPU (e.g. 80Gi, 24G) for the memory pre-flight; default: the "
+        "operator's setting (chart value defaults.gpuMemory).",
+    )
     nodes: int = Field(
         default=1,
         ge=1,
@@ -379,7 +385,8 @@ class FineTuneJobSpec(ApiModel):
     )
     strict_preflight: bool = Field(
         default=False,
-        description="Refuse (instead of warn) when the memory estimate exceeds the GPU.",
+        description="Fail before any pod starts (instead of a MemoryFits=False warning) when the "
+        "estimated peak memory per GPU exceeds resources.gpuMemory.",
     )
     pending_timeout_seconds: int | None = Field(
         default=None, ge=1, description="Fail the job if its pod stays Pending this long."

@@ -44,6 +44,11 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
         "--gpu-tolerations",
         help="JSON list of tolerations added to GPU pods (env KUBETUNE_GPU_TOLERATIONS)",
     )
+    p.add_argument(
+        "--gpu-memory",
+        help="memory of one GPU (e.g. 80Gi) for the pre-flight of jobs that do not set "
+        "spec.resources.gpuMemory (env KUBETUNE_GPU_MEMORY; unset: no check)",
+    )
     peering = p.add_mutually_exclusive_group()
     peering.add_argument(
         "--standalone", action="store_true", help="no kopf peering (one operator replica)"
@@ -68,6 +73,12 @@ def settings_from(args: argparse.Namespace) -> Settings:
     if args.gpu_tolerations:
         tolerations = parse_tolerations(args.gpu_tolerations)
         settings = dataclasses.replace(settings, gpu_tolerations=tolerations)
+    if args.gpu_memory:
+        settings = dataclasses.replace(settings, gpu_memory=args.gpu_memory)
+    if settings.gpu_memory:
+        from kubetune_trainer.estimate import parse_size
+
+        parse_size(settings.gpu_memory)  # a bad size is a ValueError here, not in every reconcile
     return settings
 
 

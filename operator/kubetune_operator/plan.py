@@ -1,6 +1,8 @@
 """The reconcile decision, pure: FineTuneJob + observed children + now -> what to do.
 
     spec invalid           -> Failed / InvalidSpec, no children
+    cannot fit its GPUs    -> MemoryFits=False and a Warning (`preflight`); with
+                              spec.strictPreflight, Failed before any pod starts
     spec.search            -> a hyperparameter search: trial Jobs instead of attempts (`search`)
     no attempt yet         -> attempt 0: RBAC, ConfigMap and Job (+ headless Service)
     spec.suspend           -> delete the running Job (checkpoints stay), Suspended
@@ -30,10 +32,19 @@ from kubetune_operator.plan_types import (
     new_attempt,
     started_message,
 )
+from kubetune_operator.preflight import CONDITION as MEMORY_CONDITION
+from kubetune_operator.preflight import MemoryCheck, check_memory
 from kubetune_operator.retry import Failure
 from kubetune_operator.search import plan_search
 from kubetune_operator.settings import Settings
-from kubetune_operator.status import parse_status, parse_time, set_condition, shorten, timestamp
+from kubetune_operator.status import (
+    condition,
+    parse_status,
+    parse_time,
+    set_condition,
+    shorten,
+    timestamp,
+)
 from kubetune_operator.validation import parse_spec
 
 __all__ = ["Event", "Observed", "Plan", "build_children", "plan_reconcile"]
@@ -56,14 +67,61 @@ def plan_reconcile(
     if status.phase in TERMINAL:
         return Plan(status)
     ctx = Context(Owner.of(body), spec, observed, settings, now, generation, full)
-    if spec.search is not None:
-        return plan_search(ctx, status)
     attempts = list(status.attempts or [])
+    check = check_memory(spec, dict(attempts[-1].changes or {}) if attempts else {}, settings)
+    if check and check.fits is False and spec.strict_preflight and not (attempts or status.trials):
+        return _refused(status, check, now, generation)
+    return _with_memory_check(_plan(ctx, status, attempts), status, check, now)
+
+
+def _plan(ctx: Context, status: FineTuneJobStatus, attempts: list[Attempt]) -> Plan:
+    if ctx.spec.search is not None:
+        return plan_search(ctx, status)
     if not attempts or attempts[-1].result == "Suspended":
         return _start_or_stay_suspended(ctx, status, attempts)
-    if spec.suspend:
+    if ctx.spec.suspend:
         return _suspend(ctx, status, attempts)
     return _follow(ctx, status, attempts)
+
+
+def _refused(
+    status: FineTuneJobStatus, check: MemoryCheck, now: datetime, generation: int | None
+) -> Plan:
+    """spec.strictPreflight: the job cannot fit its GPUs, so it fails before any pod starts."""
+    conditions = set_condition(
+        list(status.conditions or []), MEMORY_CONDITION, False, check.reason, check.message, now
+    )
+    conditions = set_condition(conditions, "Failed", True, check.reason, check.message, now)
+    new = status.model_copy(
+        update={
+            "phase": "Failed",
+            "conditions": conditions,
+            "message": shorten(f"{check.reason}: {check.message} (spec.strictPreflight)"),
+            "completion_time": timestamp(now),
+        }
+    )
+    return Plan(new, events=[Event("Warning", check.reason, shorten(check.message, 1000))])
+
+
+def _with_memory_check(
+    plan: Plan, old: FineTuneJobStatus, check: MemoryCheck | None, now: datetime
+) -> Plan:
+    """The plan with the MemoryFits condition; a Warning Event when it newly does not fit."""
+    if check is None:
+        return plan
+    conditions = set_condition(
+        list(plan.status.conditions or []),
+        MEMORY_CONDITION,
+        check.fits,
+        check.reason,
+        check.message,
+        now,
+    )
+    plan.status = plan.status.model_copy(update={"conditions": conditions})
+    before = condition(old, MEMORY_CONDITION)
+    if check.fits is False and (before is None or before.reason != check.reason):
+        plan.events.append(Event("Warning", check.reason, shorten(check.message, 1000)))
+    return plan
 
 
 def _invalid(

@@ -1,8 +1,9 @@
 """Operator settings: the trainer image, GPU tolerations and pod defaults, from flags or env.
 
 `Settings.from_env` reads `KUBETUNE_TRAINER_IMAGE`, `KUBETUNE_SERVER_IMAGE` (ModelDeployment
-pods; default: the trainer image, which is the runtime image) and `KUBETUNE_GPU_TOLERATIONS` (a JSON
-list of tolerations); the CLI overrides them with its flags. The builders receive a `Settings`
+pods; default: the trainer image, which is the runtime image), `KUBETUNE_GPU_TOLERATIONS` (a JSON
+list of tolerations) and `KUBETUNE_GPU_MEMORY` (one GPU's memory for the pre-flight, e.g.
+80Gi); the CLI overrides them with its flags. The builders receive a `Settings`
 and never read the environment themselves, so they stay pure.
 """
 
@@ -31,6 +32,7 @@ class Settings:
     run_as_user: int = 1000  # the trainer image's non-root user
     extra_env: tuple[tuple[str, str], ...] = field(default=())
     server_image: str | None = None  # ModelDeployment servers/router; None: the trainer image
+    gpu_memory: str | None = None  # one GPU's memory (e.g. 80Gi) for the pre-flight; None: skip
 
     @property
     def runtime_image(self) -> str:
@@ -39,13 +41,15 @@ class Settings:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
-        """Defaults, overridden by KUBETUNE_TRAINER_IMAGE and KUBETUNE_GPU_TOLERATIONS."""
+        """Defaults, overridden by the KUBETUNE_* variables above."""
         env = os.environ if environ is None else environ
         kwargs: dict[str, Any] = {}
         if env.get("KUBETUNE_TRAINER_IMAGE"):
             kwargs["trainer_image"] = env["KUBETUNE_TRAINER_IMAGE"]
         if env.get("KUBETUNE_SERVER_IMAGE"):
             kwargs["server_image"] = env["KUBETUNE_SERVER_IMAGE"]
+        if env.get("KUBETUNE_GPU_MEMORY"):
+            kwargs["gpu_memory"] = env["KUBETUNE_GPU_MEMORY"]
         if env.get("KUBETUNE_GPU_TOLERATIONS"):
             kwargs["gpu_tolerations"] = parse_tolerations(env["KUBETUNE_GPU_TOLERATIONS"])
         return cls(**kwargs)

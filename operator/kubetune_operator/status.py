@@ -63,14 +63,17 @@ def parse_status(raw: Any) -> FineTuneJobStatus:
 def set_condition(
     conditions: list[Condition],
     kind: str,
-    status: bool,
+    status: bool | None,
     reason: str,
     message: str,
     now: datetime,
     generation: int | None = None,
 ) -> list[Condition]:
-    """Conditions with `kind` set; lastTransitionTime changes only when the status flips."""
-    value: Literal["True", "False"] = "True" if status else "False"
+    """Conditions with `kind` set (None: Unknown); lastTransitionTime changes only when the
+    status flips."""
+    value: Literal["True", "False", "Unknown"] = (
+        "Unknown" if status is None else ("True" if status else "False")
+    )
     old = next((c for c in conditions if c.type == kind), None)
     since = old.last_transition_time if old is not None and old.status == value else None
     new = Condition(

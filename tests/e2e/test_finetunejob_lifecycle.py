@@ -236,3 +236,27 @@ def test_delete_cascades_to_children_but_not_the_output_volume(
         lambda: not trainer_pods(kubectl, ns, "doomed"), what="garbage collection of the pods"
     )
     assert kubectl.json("get", "pvc", "output", "-n", ns)["status"]["phase"] == "Bound"
+
+
+def test_memory_preflight_warns_or_refuses(kubectl: Any, ns: str, wait_until: Wait) -> None:
+    small = {"gpusPerNode": 1, "gpuMemory": "16Gi"}  # Qwen3-8B LoRA bf16 needs about 24 GiB
+    kubectl.apply(manifest("tight", resources=small), namespace=ns)
+    wait_pod_running(kubectl, ns, "tight", 0, wait_until)
+    status = wait_phase(kubectl, ns, "tight", "Running", wait_until)
+    fits = next(c for c in status["conditions"] if c["type"] == "MemoryFits")
+    assert fits["status"] == "False" and fits["reason"] == "InsufficientGPUMemory"
+    assert "exceeds the 16.0 GiB of spec.resources.gpuMemory" in fits["message"]
+    assert "InsufficientGPUMemory" in event_reasons(kubectl, ns, "tight")
+
+    kubectl.apply(manifest("refused", resources=small, strictPreflight=True), namespace=ns)
+    status = wait_phase(kubectl, ns, "refused", "Failed", wait_until)
+    assert "InsufficientGPUMemory" in status["message"] and "strictPreflight" in status["message"]
+    assert children(kubectl, ns, "refused") == {}  # no pod, no Job, nothing
+    assert not trainer_pods(kubectl, ns, "refused")
+
+    kubectl.apply(
+        manifest("roomy", resources={"gpusPerNode": 1, "gpuMemory": "80Gi"}), namespace=ns
+    )
+    status = wait_phase(kubectl, ns, "roomy", "Running", wait_until)
+    fits = next(c for c in status["conditions"] if c["type"] == "MemoryFits")
+    assert fits["status"] == "True" and fits["reason"] == "Fits"

@@ -221,12 +221,20 @@ def test_defaults_reach_the_operator_settings() -> None:
         {
             "defaults.trainerImage": "registry.example/trainer:1.2.3",
             "defaults.gpuTolerations": tolerations,
+            "defaults.gpuMemory": "24Gi",
         }
     )
     env = env_of(operator_container(objects))
     settings = Settings.from_env({k: v for k, v in env.items() if isinstance(v, str)})
     assert settings.trainer_image == "registry.example/trainer:1.2.3"
     assert [dict(t) for t in settings.gpu_tolerations] == tolerations
+    assert settings.gpu_memory == "24Gi"
+    default = Settings.from_env(
+        {k: v for k, v in env_of(operator_container(render({}))).items() if isinstance(v, str)}
+    )
+    assert default.gpu_memory == "80Gi"
+    none = env_of(operator_container(render({"defaults.gpuMemory": ""})))
+    assert "KUBETUNE_GPU_MEMORY" not in none
 
 
 def test_pod_pass_through_settings() -> None:

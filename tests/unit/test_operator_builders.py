@@ -11,7 +11,7 @@ import yaml
 from kubetune_api.finetune import FineTuneJobSpec
 from kubetune_api.status import Attempt
 from kubetune_operator import names
-from kubetune_operator.children import build_children
+from kubetune_operator.children import build_children, build_trial_children
 from kubetune_operator.config import build_config_map, build_trainer_config
 from kubetune_operator.job import build_job, trainer_args
 from kubetune_operator.owner import Owner
@@ -243,7 +243,11 @@ def test_every_example_parses_and_builds(path: Path) -> None:
     assert manifest["kind"] == "FineTuneJob"
     spec = parse_spec(manifest["spec"])
     owner = Owner("default", manifest["metadata"]["name"], "uid")
-    children = build_children(owner, spec, Attempt(index=0, job_name="x"), Settings())
+    if spec.search is None:
+        children = build_children(owner, spec, Attempt(index=0, job_name="x"), Settings())
+    else:
+        params = {"learning_rate": 1e-4, "rank": 8}
+        children = build_trial_children(owner, spec, 0, params, Settings())
     assert children[-1]["kind"] == "Job"
     assert len(EXAMPLES) >= 6
 

@@ -159,6 +159,12 @@ def model_shape(name_or_path: str) -> ModelShape:
     config = Path(name_or_path) / "config.json"
     if config.is_file():
         return ModelShape.from_config(json.loads(config.read_text(encoding="utf-8")))
+    return known_shape(name_or_path)
+
+
+def known_shape(name_or_path: str) -> ModelShape:
+    """The shape of a known Qwen3 by the last part of its name, never reading a file (the
+    operator's lookup: a path in a FineTuneJob means nothing on the operator's disk)."""
     key = name_or_path.rstrip("/").rsplit("/", 1)[-1].lower()
     key = re.sub(r"-(base|instruct|fp8|awq|gptq.*)$", "", key)
     if key in QWEN3_SHAPES:

@@ -5,7 +5,8 @@
       spec's field names, camelCase);
   (b) a whole FineTuneJob manifest (`kind: FineTuneJob`): its `spec` is used;
   (c) the seed article's flat format: model_name, framework, peft_method, lora_rank,
-      batch_size, learning_rate, epochs, gradient_accumulation_steps.
+      batch_size, learning_rate, epochs, gradient_accumulation_steps; plus the extras the
+      article promises: repetition_penalty, and our augmentation, mixture and search blocks.
 Every problem is reported at once as a ConfigError, one line per field.
 """
 
@@ -43,6 +44,14 @@ SEED_KEYS = {
     "learning_rate",
     "epochs",
     "gradient_accumulation_steps",
+}
+# The seed's promises beyond plain fine-tuning, as extra keys of its flat format: a flat
+# coefficient, or one of our blocks as it is (schema: kubetune_api.extras / finetune).
+SEED_EXTRAS = {
+    "repetition_penalty": ("training", "repetitionPenalty"),
+    "augmentation": ("dataset", "augmentation"),
+    "mixture": ("dataset", "mixture"),
+    "search": ("", "search"),
 }
 SEED_FRAMEWORKS = {"ms-swift", "swift", "kubetune"}
 SEED_METHODS = {
@@ -143,10 +152,11 @@ def _spec_of_manifest(raw: dict[str, Any]) -> dict[str, Any]:
 
 def _from_seed(raw: dict[str, Any]) -> dict[str, Any]:
     """Map the seed article's flat keys onto our schema; unknown keys are errors."""
+    known = SEED_KEYS | SEED_EXTRAS.keys()
     problems = [
-        f"{k}: unknown field (seed-format keys: {', '.join(sorted(SEED_KEYS))})"
+        f"{k}: unknown field (seed-format keys: {', '.join(sorted(known))})"
         for k in raw
-        if k not in SEED_KEYS
+        if k not in known
     ]
     framework = raw.get("framework", "ms-swift")
     if str(framework).lower() not in SEED_FRAMEWORKS:
@@ -176,6 +186,9 @@ def _from_seed(raw: dict[str, Any]) -> dict[str, Any]:
     ):
         if seed_key in raw:
             out["training"][key] = raw[seed_key]
+    for seed_key, (section, key) in SEED_EXTRAS.items():
+        if seed_key in raw:
+            (out.setdefault(section, {}) if section else out)[key] = raw[seed_key]
     return out
 
 

@@ -62,6 +62,24 @@ def test_all_problems_reported_at_once() -> None:
     assert len(lines) == 5
 
 
+def test_seed_format_takes_the_extras() -> None:
+    cfg = parse_trainer_config(
+        {
+            "model_name": "m",
+            "repetition_penalty": 0.5,
+            "augmentation": {"synonyms": {"dictionary": "syn.json"}, "maxRows": 10},
+            "mixture": [{"name": "qa", "train": {"path": "qa.jsonl"}, "weight": 2}],
+            "search": {"trials": 8, "space": {"rank": {"choices": [8, 16]}}},
+        }
+    )
+    assert cfg.training.repetition_penalty == 0.5
+    assert cfg.dataset.augmentation is not None and cfg.dataset.augmentation.max_rows == 10
+    assert cfg.dataset.mixture is not None and cfg.dataset.mixture[0].weight == 2
+    assert cfg.search is not None and cfg.search.trials == 8
+    with pytest.raises(ConfigError, match=r"search\.trials"):
+        parse_trainer_config({"model_name": "m", "search": {"trials": 0}}, train_path="t.jsonl")
+
+
 def test_seed_format_errors() -> None:
     with pytest.raises(ConfigError) as err:
         parse_trainer_config(

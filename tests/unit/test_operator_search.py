@@ -277,3 +277,15 @@ def test_search_without_eval_data_is_invalid_spec() -> None:
     p = plan(body(spec))
     assert p.status.phase == "Failed" and p.apply == []
     assert "spec.dataset.eval" in (p.status.message or "")
+
+
+def test_a_model_deployment_serves_the_best_trial() -> None:
+    from kubetune_operator.serving.adapters import from_finetunejob
+
+    ref = "pvc://out/hpo/trials/trial-0001/adapter"
+    body = {"status": {"phase": "Succeeded", "output": {"adapterPath": ref}}}
+    assert from_finetunejob("hpo", body) == (
+        "/mnt/pvc/out/hpo/trials/trial-0001/adapter",
+        ref,
+        "out",
+    )

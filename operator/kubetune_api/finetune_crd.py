@@ -68,6 +68,13 @@ def _immutable(field: str) -> dict[str, Any]:
 
 
 RULES: dict[str, list[dict[str, Any]]] = {
+    "": [  # spec itself: a job cannot turn into a search (or back) half way
+        {
+            "rule": "has(self.search) == has(oldSelf.search)",
+            "message": f"spec.search cannot be added or removed: {IMMUTABLE.split(': ', 1)[1]}",
+        }
+    ],
+    "search": [_immutable("search")],
     "model": [_immutable("model")],
     "dataset": [
         _immutable("dataset"),

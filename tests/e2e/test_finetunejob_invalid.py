@@ -152,6 +152,9 @@ def test_immutable_training_and_the_operator_survives(
     patch = '{"spec": {"training": {"learningRate": 0.5}}}'
     result = kubectl("patch", "ftj", "fixed", "-n", ns, "--type=merge", "-p", patch, check=False)
     assert result.returncode != 0 and "spec.training is immutable" in result.stderr
+    search = '{"spec": {"search": {"trials": 4, "space": {"rank": {"choices": [4, 8]}}}}}'
+    result = kubectl("patch", "ftj", "fixed", "-n", ns, "--type=merge", "-p", search, check=False)
+    assert result.returncode != 0 and "spec.search cannot be added or removed" in result.stderr
     assert operator.healthy()
     assert "kubetune_finetunejobs" in operator.metrics()
     assert "Traceback" not in operator.log_path.read_text()

@@ -43,6 +43,7 @@ from kubetune_operator.status import (
     parse_time,
     set_condition,
     shorten,
+    suspended_conditions,
     timestamp,
 )
 from kubetune_operator.validation import parse_spec
@@ -174,14 +175,7 @@ def _start_or_stay_suspended(
 def _suspended_plan(
     ctx: Context, status: FineTuneJobStatus, attempts: list[Attempt], delete: list[str]
 ) -> Plan:
-    conditions = set_condition(
-        list(status.conditions or []),
-        "Suspended",
-        True,
-        "Suspended",
-        "spec.suspend is true",
-        ctx.now,
-    )
+    conditions = suspended_conditions(status, ctx.now)
     new = status.model_copy(
         update={
             "attempts": attempts or None,

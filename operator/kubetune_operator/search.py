@@ -31,7 +31,13 @@ from kubetune_operator.config import trial_subdir
 from kubetune_operator.endings import adapter_location
 from kubetune_operator.observe import Observation, observe_attempt, succeeded_eval_loss
 from kubetune_operator.plan_types import Context, Event, Plan
-from kubetune_operator.status import parse_time, set_condition, shorten, timestamp
+from kubetune_operator.status import (
+    parse_time,
+    set_condition,
+    shorten,
+    suspended_conditions,
+    timestamp,
+)
 from kubetune_trainer.tuning.sampler import PastTrial, suggest
 from kubetune_trainer.tuning.space import PARAMS
 
@@ -341,14 +347,7 @@ def _finished(
 def _suspended(
     ctx: Context, status: FineTuneJobStatus, trials: list[Trial], events: list[Event]
 ) -> Plan:
-    conditions = set_condition(
-        list(status.conditions or []),
-        "Suspended",
-        True,
-        "Suspended",
-        "spec.suspend is true",
-        ctx.now,
-    )
+    conditions = suspended_conditions(status, ctx.now)
     message = "Suspended: running trials are stopped; their checkpoints are kept"
     new = status.model_copy(
         update={

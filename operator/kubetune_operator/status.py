@@ -91,6 +91,13 @@ def set_condition(
     )
 
 
+def suspended_conditions(status: FineTuneJobStatus, now: datetime) -> list[Condition]:
+    """The conditions of a job that spec.suspend stopped (attempts or search trials alike)."""
+    return set_condition(
+        list(status.conditions or []), "Suspended", True, "Suspended", "spec.suspend is true", now
+    )
+
+
 def condition(status: FineTuneJobStatus, kind: str) -> Condition | None:
     return next((c for c in status.conditions or [] if c.type == kind), None)
 

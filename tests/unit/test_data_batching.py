@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from kubetune_trainer import packed_attention
 from kubetune_trainer.data import (
     IGNORE_INDEX,
     BatchingMode,
@@ -157,13 +158,14 @@ def four_examples() -> list[Example]:
 def _model(tiny_model_dir: Path, attn: str) -> torch.nn.Module:
     from transformers import AutoModelForCausalLM
 
+    packed_attention.register()
     model = AutoModelForCausalLM.from_pretrained(
         tiny_model_dir, dtype=torch.float32, attn_implementation=attn
     )
     return model.eval()
 
 
-@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+@pytest.mark.parametrize("attn", ["sdpa", "eager", packed_attention.ATTENTION])
 def test_packed_logits_equal_unpacked_without_cache(
     tiny_model_dir: Path, four_examples: list[Example], attn: str
 ) -> None:
@@ -204,6 +206,32 @@ def test_packing_with_the_kv_cache_on_leaks_across_examples(
     n0 = len(examples[0].input_ids)
     torch.testing.assert_close(logits[:n0], first, atol=1e-5, rtol=1e-5)  # nothing before it
     assert (logits[n0 : n0 + len(examples[1].input_ids)] - second).abs().max() > 1e-3
+
+
+def test_per_example_attention_has_the_dense_paths_gradients(
+    tiny_model_dir: Path, four_examples: list[Example]
+) -> None:
+    """The trainer's packed attention (one sdpa call per example) trains exactly like the dense
+    block-diagonal mask: same loss, same gradient on every weight."""
+    grads = {}
+    for attn in ("sdpa", packed_attention.ATTENTION):
+        model = _model(tiny_model_dir, attn).train()
+        packed = collate(four_examples, mode="packing", pad_token_id=0)
+        loss = _loss_sum(model(**packed.model_kwargs()).logits, packed.labels)
+        loss.backward()
+        grads[attn] = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    dense, ours = grads["sdpa"], grads[packed_attention.ATTENTION]
+    assert dense.keys() == ours.keys() and len(dense) > 10
+    for name in dense:
+        torch.testing.assert_close(ours[name], dense[name], atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_segment_bounds() -> None:
+    bounds = packed_attention.segment_bounds
+    assert bounds(torch.tensor([[0, 1, 2, 0, 1, 0]]), 6) == [0, 3, 5, 6]
+    assert bounds(torch.tensor([[0, 1, 2, 3]]), 4) is None  # one example: the dense path
+    assert bounds(torch.tensor([[0, 1], [0, 1]]), 2) is None  # padded rows, not a pack
+    assert bounds(None, 4) is None
 
 
 def test_padded_logits_equal_unpacked(tiny_model_dir: Path, four_examples: list[Example]) -> None:

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from kubetune_api import ConfigError, TrainerConfig
+from kubetune_trainer import packed_attention
 from kubetune_trainer import summary as summary_mod
 from kubetune_trainer.checkpoint import (
     TrainState,
@@ -83,8 +84,14 @@ def build_model(cfg: TrainerConfig, rt: Runtime) -> tuple[nn.Module, Any]:
     if problems:
         raise ConfigError(problems)
     t = cfg.training
+    # Packs attend per example (one sdpa call each) instead of through a dense T x T mask.
+    attention = packed_attention.register() if t.dynamic_batching == "packing" else "sdpa"
     base = load_base_model(
-        cfg.model.name, cfg.method, dtype=_base_dtype(t.precision, rt.device), device=rt.device
+        cfg.model.name,
+        cfg.method,
+        dtype=_base_dtype(t.precision, rt.device),
+        device=rt.device,
+        attn_implementation=attention,
     )
     model, info = apply_method(base, cfg.method, gradient_checkpointing=t.gradient_checkpointing)
     model.train()

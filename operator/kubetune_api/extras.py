@@ -80,6 +80,18 @@ class IntChoices(ApiModel):
     choices: list[int] = Field(min_length=1, max_length=64, description="Values to try.")
 
 
+# search.space field -> (config section, wire key) it sets; `kubetune tune` and the operator's
+# spec.search both apply trial values through it.
+SEARCH_PARAMS: dict[str, tuple[str, str]] = {
+    "learning_rate": ("training", "learningRate"),
+    "rank": ("method", "rank"),
+    "epochs": ("training", "epochs"),
+    "gradient_accumulation_steps": ("training", "gradientAccumulationSteps"),
+    "warmup_ratio": ("training", "warmupRatio"),
+    "dropout": ("method", "dropout"),
+}
+
+
 class SearchSpace(ApiModel):
     """Which hyperparameters to search; unset ones keep the config's value."""
 

@@ -21,7 +21,6 @@ from kubetune_operator import names
 from kubetune_operator.mounts import CONFIG_KEY, output_dir, source_path
 from kubetune_operator.owner import Owner
 from kubetune_operator.retry import apply_overrides
-from kubetune_trainer.tuning.space import with_params
 
 Params = dict[str, Any]  # search.space field (learning_rate, rank, ...) -> value
 
@@ -76,6 +75,8 @@ def build_trial_config(
     spec: FineTuneJobSpec, name: str, trial: int, params: Params
 ) -> TrainerConfig:
     """What search trial `trial` trains: the attempt config with its values and its own folder."""
+    from kubetune_trainer.tuning.space import with_params  # optuna: only once a search runs
+
     base = build_trainer_config(spec, name)
     raw = with_params(base, params)
     raw["output"] = {"path": f"{output_dir(spec, name)}/{trial_subdir(trial)}"}

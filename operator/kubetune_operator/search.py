@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from kubetune_api.extras import SEARCH_PARAMS as PARAMS
 from kubetune_api.extras import FloatRange, SearchSpec
 from kubetune_api.status import FineTuneJobStatus, Metrics, OutputStatus, Progress, Trial
 from kubetune_operator import names
@@ -38,8 +39,9 @@ from kubetune_operator.status import (
     suspended_conditions,
     timestamp,
 )
-from kubetune_trainer.tuning.sampler import PastTrial, suggest
-from kubetune_trainer.tuning.space import PARAMS
+
+if TYPE_CHECKING:
+    from kubetune_trainer.tuning.sampler import PastTrial
 
 Json = dict[str, Any]
 Params = dict[str, Any]  # search.space field (learning_rate, ...) -> value
@@ -118,6 +120,8 @@ def _start_trials(
     ctx: Context, search: SearchSpec, trials: list[Trial]
 ) -> tuple[list[Trial], list[Trial]]:
     """Start trials while there is room; their values come from TPE (or their Job, if any)."""
+    from kubetune_trainer.tuning.sampler import suggest  # optuna: only once a search runs
+
     started: list[Trial] = []
     while len(_running(trials)) < search.parallel_trials and len(trials) < search.trials:
         index = len(trials)
@@ -143,6 +147,8 @@ def _recorded_params(ctx: Context, index: int) -> Params | None:
 
 
 def _history(search: SearchSpec, trials: list[Trial]) -> list[PastTrial]:
+    from kubetune_trainer.tuning.sampler import PastTrial
+
     out = []
     for t in trials:
         params = from_status_params(search, t.params)

@@ -201,8 +201,13 @@ def test_operator_image_install_steps_work_without_torch(tmp_path: Path) -> None
         capture_output=True, text=True, check=True, cwd=tmp_path,
     ).stdout  # fmt: skip
     assert "--namespace" in help_text
-    handlers = subprocess.run(  # every module a reconcile uses: search (optuna), pre-flight
-        [str(python), "-c", "import kubetune_operator.handlers, kubetune_operator.search"],
+    handlers = subprocess.run(  # every module a reconcile uses: spec.search's sampler (optuna)
+        [
+            str(python),
+            "-c",
+            "import kubetune_operator.handlers, kubetune_operator.preflight, "
+            "kubetune_trainer.tuning.sampler",
+        ],
         capture_output=True, text=True, cwd=tmp_path,
     )  # fmt: skip
     assert handlers.returncode == 0, handlers.stderr[-2000:]

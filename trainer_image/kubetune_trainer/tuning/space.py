@@ -16,17 +16,10 @@ from typing import Any
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution
 
 from kubetune_api import ConfigError, DataSource, TrainerConfig
-from kubetune_api.extras import FloatRange, IntChoices, SearchSpace, SearchSpec
+from kubetune_api.extras import SEARCH_PARAMS, FloatRange, IntChoices, SearchSpace, SearchSpec
 from kubetune_api.trainer_config import data_source_path, parse_trainer_config
 
-PARAMS: dict[str, tuple[str, str]] = {  # search.space field -> (config section, wire key)
-    "learning_rate": ("training", "learningRate"),
-    "rank": ("method", "rank"),
-    "epochs": ("training", "epochs"),
-    "gradient_accumulation_steps": ("training", "gradientAccumulationSteps"),
-    "warmup_ratio": ("training", "warmupRatio"),
-    "dropout": ("method", "dropout"),
-}
+PARAMS = SEARCH_PARAMS  # search.space field -> (config section, wire key)
 EVALS_PER_TRIAL = 4  # when training.evalEverySteps is unset: evaluate about this often
 
 

@@ -86,8 +86,11 @@ def _close_finished(ctx: Context, trials: list[Trial]) -> tuple[list[Trial], lis
     """Trials whose Job ended get their result; one Event each."""
     out, events = [], []
     for trial in trials:
+        if trial.result is not None:
+            out.append(trial)
+            continue
         obs, _, pods = _observe(ctx, trial)
-        if trial.result is not None or obs.state not in ("Succeeded", "Failed"):
+        if obs.state not in ("Succeeded", "Failed"):
             out.append(trial)
             continue
         ended = _ended(trial, obs, pods, ctx)

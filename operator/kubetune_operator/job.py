@@ -5,7 +5,9 @@ One pod per node runs `torchrun ... --no-python kubetune train --config /etc/kub
 = nodes) whose pods find each other through a headless Service, as JobSet does: pod 0 is the
 rendezvous master (`<job>-0.<service>`) and each pod's rank is its completion index, read from
 the `batch.kubernetes.io/job-completion-index` annotation through the downward API. The Job has
-`backoffLimit: 0`: retries are the operator's (see `retry`). Called by `plan`.
+`backoffLimit: 0`: retries are the operator's (see `retry`). A search trial's Job (`Run` with
+`trial=True`) is the same pod without the status-reporting environment or a ServiceAccount token.
+Called by `children`.
 """
 
 from __future__ import annotations

@@ -101,9 +101,7 @@ class Run:
         return trial_job_name(name, self.index) if self.trial else job_name(name, self.index)
 
     def labels(self, name: str, component: str) -> dict[str, str]:
-        if self.trial:
-            return labels(name, component, trial=self.index)
-        return labels(name, component, attempt=self.index)
+        return labels(name, component, **self.label_kwargs())
 
     def label_kwargs(self) -> dict[str, int]:
         """`attempt=N` or `trial=N`, for `Owner.child_meta`."""

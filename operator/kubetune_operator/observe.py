@@ -20,6 +20,8 @@ from kubetune_operator import names
 from kubetune_operator.retry import EXIT_REASONS, Failure
 
 TRAINER_CONTAINER = "trainer"
+# Why a pod can wait for good: these become the failure reason once pendingTimeoutSeconds passes.
+PENDING_REASONS = ("Unschedulable", "ImagePullBackOff", "ErrImagePull", "InvalidImageName")
 PULL_ERRORS = frozenset(
     {"ImagePullBackOff", "ErrImagePull", "InvalidImageName", "CreateContainerConfigError"}
 )
@@ -46,16 +48,12 @@ def _index(meta: Json, label: str = names.LABEL_ATTEMPT) -> int:
         return -1
 
 
-def _attempt(meta: Json) -> int:
-    return _index(meta, names.LABEL_ATTEMPT)
-
-
 def job_snapshot(body: Json) -> Json:
     """The fields of a Job that `observe_attempt` reads."""
     meta, status = body.get("metadata", {}), body.get("status") or {}
     return {
         "name": meta.get("name"),
-        "attempt": _attempt(meta),
+        "attempt": _index(meta),
         "trial": _index(meta, names.LABEL_TRIAL),
         "params": meta.get("annotations", {}).get(names.ANNOTATION_PARAMS),
         "conditions": [
@@ -70,7 +68,7 @@ def pod_snapshot(body: Json) -> Json:
     meta, spec, status = body.get("metadata", {}), body.get("spec") or {}, body.get("status") or {}
     return {
         "name": meta.get("name"),
-        "attempt": _attempt(meta),
+        "attempt": _index(meta),
         "trial": _index(meta, names.LABEL_TRIAL),
         "nodeName": spec.get("nodeName"),
         "phase": status.get("phase", "Pending"),

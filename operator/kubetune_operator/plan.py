@@ -22,7 +22,7 @@ from kubetune_api.errors import ConfigError
 from kubetune_api.status import Attempt, FineTuneJobStatus
 from kubetune_operator.children import build_children
 from kubetune_operator.endings import fail, failed_attempt, succeeded
-from kubetune_operator.observe import Observation, observe_attempt
+from kubetune_operator.observe import PENDING_REASONS, Observation, observe_attempt
 from kubetune_operator.owner import Owner
 from kubetune_operator.plan_types import (
     Context,
@@ -30,6 +30,7 @@ from kubetune_operator.plan_types import (
     Observed,
     Plan,
     new_attempt,
+    pending_left,
     started_message,
 )
 from kubetune_operator.preflight import CONDITION as MEMORY_CONDITION
@@ -40,7 +41,6 @@ from kubetune_operator.settings import Settings
 from kubetune_operator.status import (
     condition,
     parse_status,
-    parse_time,
     set_condition,
     shorten,
     suspended_conditions,
@@ -51,7 +51,6 @@ from kubetune_operator.validation import parse_spec
 __all__ = ["Event", "Observed", "Plan", "build_children", "plan_reconcile"]
 Json = dict[str, Any]
 TERMINAL = ("Succeeded", "Failed")
-PENDING_REASONS = ("Unschedulable", "ImagePullBackOff", "ErrImagePull", "InvalidImageName")
 
 
 def plan_reconcile(
@@ -223,21 +222,12 @@ def _follow(ctx: Context, status: FineTuneJobStatus, attempts: list[Attempt]) ->
         plan.apply = [c for c in children if job is None or c["kind"] != "Job"]
     plan.events = _transition_events(status, plan.status, obs)
     if obs.state in ("Pending", "Missing"):
-        plan.requeue_after = _pending_left(ctx, current)
+        plan.requeue_after = pending_left(ctx, current.start_time)
     return plan
 
 
-def _pending_left(ctx: Context, attempt: Attempt) -> float | None:
-    """Seconds until spec.pendingTimeoutSeconds runs out for this attempt (None: no limit)."""
-    limit = ctx.spec.pending_timeout_seconds
-    started = parse_time(attempt.start_time)
-    if not limit or started is None:
-        return None
-    return limit - (ctx.now - started).total_seconds()
-
-
 def _pending_too_long(ctx: Context, attempt: Attempt) -> bool:
-    left = _pending_left(ctx, attempt)
+    left = pending_left(ctx, attempt.start_time)
     return left is not None and left < 0
 
 

@@ -14,7 +14,7 @@ from kubetune_api.status import Attempt, FineTuneJobStatus
 from kubetune_operator import names
 from kubetune_operator.owner import Owner
 from kubetune_operator.settings import Settings
-from kubetune_operator.status import timestamp
+from kubetune_operator.status import parse_time, timestamp
 
 Json = dict[str, Any]
 
@@ -57,6 +57,15 @@ class Context:
     now: datetime
     generation: int | None
     full: bool
+
+
+def pending_left(ctx: Context, start_time: str | None) -> float | None:
+    """Seconds until spec.pendingTimeoutSeconds runs out for a Job created at `start_time`
+    (an attempt's or a search trial's); None when there is no limit."""
+    limit, started = ctx.spec.pending_timeout_seconds, parse_time(start_time)
+    if not limit or started is None:
+        return None
+    return limit - (ctx.now - started).total_seconds()
 
 
 def new_attempt(ctx: Context, index: int, changes: dict[str, str], reason: str | None) -> Attempt:

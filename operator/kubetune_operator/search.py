@@ -30,8 +30,13 @@ from kubetune_operator import names
 from kubetune_operator.children import build_trial_children
 from kubetune_operator.config import trial_subdir
 from kubetune_operator.endings import adapter_location
-from kubetune_operator.observe import Observation, observe_attempt, succeeded_eval_loss
-from kubetune_operator.plan_types import Context, Event, Plan
+from kubetune_operator.observe import (
+    PENDING_REASONS,
+    Observation,
+    observe_attempt,
+    succeeded_eval_loss,
+)
+from kubetune_operator.plan_types import Context, Event, Plan, pending_left
 from kubetune_operator.status import (
     parse_time,
     set_condition,
@@ -209,13 +214,11 @@ def _unique(objects: list[Json]) -> list[Json]:
 
 
 def _left(ctx: Context, trial: Trial) -> float | None:
-    limit, started = ctx.spec.pending_timeout_seconds, parse_time(trial.start_time)
-    if not limit or started is None:
+    """Seconds of spec.pendingTimeoutSeconds left to a trial that has not started running."""
+    left = pending_left(ctx, trial.start_time)
+    if left is None or _observe(ctx, trial)[0].state not in ("Pending", "Missing"):
         return None
-    obs, _, _ = _observe(ctx, trial)
-    if obs.state not in ("Pending", "Missing"):
-        return None
-    return limit - (ctx.now - started).total_seconds()
+    return left
 
 
 def _pending_too_long(ctx: Context, trial: Trial) -> bool:
@@ -376,7 +379,7 @@ def _timed_out(
     ctx: Context, status: FineTuneJobStatus, trials: list[Trial], stuck: Trial, events: list[Event]
 ) -> Plan:
     obs, _, _ = _observe(ctx, stuck)
-    reason = obs.reason if obs.reason in ("Unschedulable", "ImagePullBackOff") else "PendingTimeout"
+    reason = obs.reason if obs.reason in PENDING_REASONS else "PendingTimeout"
     why = f"{obs.reason}: {obs.message}" if obs.message else obs.reason
     message = (
         f"trial {stuck.index} still pending after spec.pendingTimeoutSeconds="

@@ -119,11 +119,15 @@ def write_termination(
     line = TerminationReason(
         REASONS.get(code, "Error"), message, int(code), step, checkpoint
     ).to_json()
+    _write(path, line)
+    return line
+
+
+def _write(path: Path | None, line: str) -> None:
     if path is not None:
         # The reason is also on stderr; a read-only log must not mask the real failure.
         with contextlib.suppress(OSError):
             path.write_text(line + "\n", encoding="utf-8")
-    return line
 
 
 def write_success(path: Path | None, summary: Mapping[str, Any]) -> str:
@@ -134,17 +138,16 @@ def write_success(path: Path | None, summary: Mapping[str, Any]) -> str:
         f"adapter at {summary.get('adapter_path')}",
         int(ExitCode.SUCCESS),
         step=summary.get("steps"),
-        evalLoss=_finite(metrics.get("eval_loss")),
-        trainLoss=_finite(metrics.get("train_loss")),
+        evalLoss=finite(metrics.get("eval_loss")),
+        trainLoss=finite(metrics.get("train_loss")),
     ).to_json()
-    if path is not None:
-        with contextlib.suppress(OSError):
-            path.write_text(line + "\n", encoding="utf-8")
+    _write(path, line)
     return line
 
 
-def _finite(value: Any) -> float | None:
-    """A JSON-safe float (json.dumps would write NaN, which no JSON parser accepts)."""
+def finite(value: Any) -> float | None:
+    """A JSON-safe float, or None (json.dumps would write NaN, which no JSON parser accepts,
+    and the API server rejects NaN and infinities)."""
     try:
         number = float(value)
     except (TypeError, ValueError):

@@ -13,11 +13,11 @@ is set. Knows nothing of the operator.
 from __future__ import annotations
 
 import logging
-import math
 import threading
 import time
 from typing import Any
 
+from kubetune_trainer.failures import finite
 from kubetune_trainer.progress import Reporter, StepRecord
 
 GROUP, VERSION, PLURAL = "kubetune.io", "v1alpha1", "finetunejobs"
@@ -28,11 +28,8 @@ Json = dict[str, Any]
 
 def _finite(value: Any, digits: int) -> float | None:
     """A JSON-safe rounded number (the API server rejects NaN and infinities)."""
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return round(number, digits) if math.isfinite(number) else None
+    number = finite(value)
+    return None if number is None else round(number, digits)
 
 
 def _clean(data: Json) -> Json:

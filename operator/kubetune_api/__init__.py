@@ -15,9 +15,12 @@ from kubetune_api.finetune import (
     OutputSpec,
     TrainingSpec,
 )
+from kubetune_api.names import GROUP, VERSION
 from kubetune_api.trainer_config import TrainerConfig, load_trainer_config
 
 __all__ = [
+    "GROUP",
+    "VERSION",
     "ConfigError",
     "DataSource",
     "DatasetSpec",
@@ -29,6 +32,3 @@ __all__ = [
     "TrainingSpec",
     "load_trainer_config",
 ]
-
-GROUP = "kubetune.io"
-VERSION = "v1alpha1"

@@ -1,15 +1,15 @@
 """The FineTuneJob CRD: printer columns and CEL rules layered on the generated schema.
 
-Called by `kubetune_api.crd` (make crds) and by tests that install the CRD.
+Collected by `kubetune_api.crd` (make crds); also called by tests that install the CRD.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from kubetune_api.crd import build_crd
 from kubetune_api.finetune import FineTuneJobSpec
 from kubetune_api.status import FineTuneJobStatus
+from kubetune_api.structural import build_crd
 
 COLUMNS: list[dict[str, Any]] = [
     {

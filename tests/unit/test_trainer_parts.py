@@ -8,9 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from kubetune_api.termination import ExitCode, TerminationReason
 from kubetune_trainer.failures import (
-    ExitCode,
-    TerminationReason,
     termination_log_path,
     write_success,
     write_termination,

@@ -3,7 +3,7 @@
     kubetune train --config cfg.yaml [--train_path P] [--eval_path P] [--output_dir D]
     swift-finetune --config config.yaml --train_path data/train.jsonl --eval_path data/eval.jsonl --output_dir ./output
 
-Exit codes (see failures.ExitCode): 0 done, 2 invalid config (one line per problem), 3 invalid
+Exit codes (see kubetune_api.termination.ExitCode): 0 done, 2 invalid config (one line per problem), 3 invalid
 data (file:line: reason), 4 out of memory, 5 NaN/inf loss, 1 anything else. A failure also
 writes a one-line JSON reason to the termination log; success writes a `Succeeded` line with
 the final losses (the first process of a pod only: torchrun's LOCAL_RANK 0).
@@ -18,8 +18,8 @@ import sys
 from collections.abc import Sequence
 
 from kubetune_api import ConfigError, load_trainer_config
+from kubetune_api.termination import ExitCode
 from kubetune_trainer.failures import (
-    ExitCode,
     TrainingFailure,
     is_out_of_memory,
     termination_log_path,

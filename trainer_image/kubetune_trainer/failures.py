@@ -1,47 +1,23 @@
-"""How a training run ends: exit codes and the one-line JSON termination reason.
+"""How a training run ends, the trainer's side: failures with a reason, and writing the line.
 
-The trainer writes the reason to the termination file (Kubernetes reads
-`/dev/termination-log` into the container's terminated state); the operator reads it back and
-decides whether to retry (OutOfMemory: smaller micro-batch; NaNLoss: lower learning rate from
-the last good checkpoint) or fail. A run that succeeds writes a line too (reason `Succeeded`,
-with its final eval and train loss): the operator reads a search trial's result from it.
-Called by the CLI around `train.run`.
+The contract itself (exit codes, reasons, the JSON line and its parser) is
+`kubetune_api.termination`, shared with the operator. This module adds the exceptions that carry
+a reason (`TrainingFailure` and kin), where the termination file is, and the writers of the
+failure and `Succeeded` lines. Called by the CLI around `train.run`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
-from enum import IntEnum
 from pathlib import Path
 from typing import Any
 
+from kubetune_api.termination import REASONS, SUCCEEDED, ExitCode, TerminationReason
+
 DEFAULT_TERMINATION_LOG = "/dev/termination-log"
-MAX_MESSAGE_BYTES = 4096  # the kubelet keeps at most 4096 bytes of a termination message
-
-
-class ExitCode(IntEnum):
-    """Process exit codes; the operator maps them (and the JSON reason) to retries."""
-
-    SUCCESS = 0
-    ERROR = 1
-    INVALID_CONFIG = 2
-    INVALID_DATA = 3
-    OUT_OF_MEMORY = 4
-    NAN_LOSS = 5
-
-
-REASONS = {
-    ExitCode.ERROR: "Error",
-    ExitCode.INVALID_CONFIG: "InvalidConfig",
-    ExitCode.INVALID_DATA: "InvalidData",
-    ExitCode.OUT_OF_MEMORY: "OutOfMemory",
-    ExitCode.NAN_LOSS: "NaNLoss",
-}
 
 
 class TrainingFailure(RuntimeError):
@@ -65,37 +41,6 @@ class OutOfMemory(TrainingFailure):
     """The device ran out of memory."""
 
     code = ExitCode.OUT_OF_MEMORY
-
-
-@dataclass
-class TerminationReason:
-    """The JSON object written to the termination file."""
-
-    reason: str
-    message: str
-    exitCode: int
-    step: int | None = None
-    checkpoint: str | None = None
-    evalLoss: float | None = None
-    trainLoss: float | None = None
-
-    def to_json(self) -> str:
-        text = json.dumps(
-            {k: v for k, v in asdict(self).items() if v is not None}, ensure_ascii=False
-        )
-        if len(text.encode()) <= MAX_MESSAGE_BYTES:
-            return text
-        self.message = self.message[: MAX_MESSAGE_BYTES // 2] + "…"
-        return self.to_json()
-
-    @classmethod
-    def parse(cls, text: str) -> TerminationReason | None:
-        """Read a termination message back (the operator's side); None if it is not ours."""
-        try:
-            data = json.loads(text)
-            return cls(**data)
-        except (ValueError, TypeError):
-            return None
 
 
 def termination_log_path(explicit: str | None) -> Path | None:
@@ -134,7 +79,7 @@ def write_success(path: Path | None, summary: Mapping[str, Any]) -> str:
     """Write the `Succeeded` line of a finished run (final losses, steps, adapter path)."""
     metrics = summary.get("metrics") or {}
     line = TerminationReason(
-        "Succeeded",
+        SUCCEEDED,
         f"adapter at {summary.get('adapter_path')}",
         int(ExitCode.SUCCESS),
         step=summary.get("steps"),

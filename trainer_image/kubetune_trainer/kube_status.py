@@ -17,10 +17,11 @@ import threading
 import time
 from typing import Any
 
+from kubetune_api.names import FINETUNEJOB_PLURAL as PLURAL
+from kubetune_api.names import GROUP, VERSION
 from kubetune_trainer.failures import finite
 from kubetune_trainer.progress import Reporter, StepRecord
 
-GROUP, VERSION, PLURAL = "kubetune.io", "v1alpha1", "finetunejobs"
 REQUEST_TIMEOUT = 5.0
 log = logging.getLogger("kubetune.trainer.status")
 Json = dict[str, Any]

@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 
 from kubetune_api.finetune import FineTuneJobSpec, ModelSpec, OutputSpec
-from kubetune_api.trainer_config import TrainerConfig, parse_trainer_config
+from kubetune_api.trainer_config import TrainerConfig
 from kubetune_operator import names
 from kubetune_operator.mounts import CONFIG_KEY, output_dir, source_path
 from kubetune_operator.owner import Owner
@@ -75,12 +75,11 @@ def build_trial_config(
     spec: FineTuneJobSpec, name: str, trial: int, params: Params
 ) -> TrainerConfig:
     """What search trial `trial` trains: the attempt config with its values and its own folder."""
-    from kubetune_trainer.tuning.space import with_params  # optuna: only once a search runs
+    from kubetune_api.search.space import param_values  # optuna: only once a search runs
 
-    base = build_trainer_config(spec, name)
-    raw = with_params(base, params)
-    raw["output"] = {"path": f"{output_dir(spec, name)}/{trial_subdir(trial)}"}
-    return parse_trainer_config(raw)
+    output = {"path": f"{output_dir(spec, name)}/{trial_subdir(trial)}"}
+    values = {**param_values(params), "output": output}
+    return build_trainer_config(spec, name).with_values(values, drop=["search"])
 
 
 def render_config(config: TrainerConfig) -> str:

@@ -46,7 +46,7 @@ from kubetune_operator.status import (
 )
 
 if TYPE_CHECKING:
-    from kubetune_trainer.tuning.sampler import PastTrial
+    from kubetune_api.search.sampler import PastTrial
 
 Json = dict[str, Any]
 Params = dict[str, Any]  # search.space field (learning_rate, ...) -> value
@@ -128,7 +128,7 @@ def _start_trials(
     ctx: Context, search: SearchSpec, trials: list[Trial]
 ) -> tuple[list[Trial], list[Trial]]:
     """Start trials while there is room; their values come from TPE (or their Job, if any)."""
-    from kubetune_trainer.tuning.sampler import suggest  # optuna: only once a search runs
+    from kubetune_api.search.sampler import suggest  # optuna: only once a search runs
 
     started: list[Trial] = []
     while len(_running(trials)) < search.parallel_trials and len(trials) < search.trials:
@@ -155,7 +155,7 @@ def _recorded_params(ctx: Context, index: int) -> Params | None:
 
 
 def _history(search: SearchSpec, trials: list[Trial]) -> list[PastTrial]:
-    from kubetune_trainer.tuning.sampler import PastTrial
+    from kubetune_api.search.sampler import PastTrial
 
     out = []
     for t in trials:

@@ -100,8 +100,8 @@ def _search_problems(spec: FineTuneJobSpec) -> list[str]:
     """spec.search: what `kubetune tune` would refuse (no eval data, values the schema refuses)."""
     if spec.search is None:
         return []
+    from kubetune_api.search.space import check_search
     from kubetune_api.trainer_config import TrainerConfig
-    from kubetune_trainer.tuning.space import check_search
 
     config = TrainerConfig.from_spec(spec).model_copy(update={"search": spec.search})
     try:

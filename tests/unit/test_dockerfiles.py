@@ -206,7 +206,7 @@ def test_operator_image_install_steps_work_without_torch(tmp_path: Path) -> None
             str(python),
             "-c",
             "import kubetune_operator.handlers, kubetune_operator.preflight, "
-            "kubetune_trainer.tuning.sampler",
+            "kubetune_api.search.sampler",
         ],
         capture_output=True, text=True, cwd=tmp_path,
     )  # fmt: skip

@@ -34,13 +34,13 @@ from typing import Any
 
 import optuna
 import yaml
-from optuna.pruners import BasePruner, MedianPruner, NopPruner
+from optuna.pruners import BasePruner
 from optuna.trial import FrozenTrial, TrialState
 
 from kubetune_api import TrainerConfig
 from kubetune_api.extras import SearchSpec
-from kubetune_trainer.tuning import space as sp
-from kubetune_trainer.tuning.sampler import build_sampler
+from kubetune_api.search import space as sp
+from kubetune_api.search.sampler import build_pruner, build_sampler
 from kubetune_trainer.tuning.trials import (
     CONFIG_FILE,
     RESULT_FILE,
@@ -74,13 +74,6 @@ class TuneResult:
     best: FrozenTrial | None
     best_config: Path | None
     best_adapter: Path | None
-
-
-def build_pruner(pruning: str) -> BasePruner:
-    """Median pruning after two finished trials, from the first quarter of training on."""
-    if pruning == "none":
-        return NopPruner()
-    return MedianPruner(n_startup_trials=2, n_warmup_steps=0, interval_steps=1)
 
 
 def study_key(cfg: TrainerConfig) -> str:
@@ -306,7 +299,7 @@ def write_best(
         f"(trial {best.number}, eval_loss {best.value:.4f})\n"
     )
     body = yaml.safe_dump(
-        sp.with_params(cfg, dict(best.params)), sort_keys=False, allow_unicode=True
+        sp.with_params(cfg, dict(best.params)).to_wire(), sort_keys=False, allow_unicode=True
     )
     config_path.write_text(header + body, encoding="utf-8")
     adapter = best.user_attrs.get("adapter_path")

@@ -23,6 +23,7 @@ from typing import Any
 import optuna
 
 from kubetune_api import TrainerConfig
+from kubetune_api.search.sampler import build_pruner
 from kubetune_api.trainer_config import parse_trainer_config
 from kubetune_trainer.progress import Reporter
 
@@ -118,7 +119,6 @@ def worker_main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--pruning", choices=["median", "none"], default="median")
     p.add_argument("--device", default=None)
     args = p.parse_args(argv)
-    from kubetune_trainer.tuning.study import build_pruner
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.load_study(

@@ -1,12 +1,13 @@
-"""The TPE sampler of a search, and stateless suggestions from a trial history.
+"""The TPE sampler and median pruner of a search, and stateless suggestions from a history.
 
-`build_sampler` is the one place the sampler is configured: seeded, random for the first
+`build_sampler` is the one place the sampler is configured (`build_pruner` the pruner's): seeded, random for the first
 `startup_trials(trials)` trials, then TPE, with constant liar so that trials running at the same
 time spread out. `kubetune tune` (`study`) keeps its history in SQLite; the operator keeps it in
 the FineTuneJob's `status.trials` instead, so `suggest` rebuilds an in-memory study from that
 history and asks it for one more trial. With the same history and index it returns the same
 values, so a reconcile that runs twice (an operator restart) plans the same trial.
-Imports optuna and the schema only (no torch): the operator calls `suggest`.
+Imports optuna and the schema only (no torch): the operator calls `suggest`; `kubetune tune`
+(`kubetune_trainer.tuning.study` and `.trials`) calls the builders.
 """
 
 from __future__ import annotations
@@ -16,10 +17,11 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import optuna
+from optuna.pruners import BasePruner, MedianPruner, NopPruner
 from optuna.trial import TrialState, create_trial
 
 from kubetune_api.extras import SearchSpec
-from kubetune_trainer.tuning.space import distributions
+from kubetune_api.search.space import distributions
 
 HistoryState = Literal["complete", "running", "fail"]
 _STATES = {
@@ -38,6 +40,13 @@ def build_sampler(seed: int, trials: int) -> optuna.samplers.TPESampler:
     return optuna.samplers.TPESampler(
         seed=seed, n_startup_trials=startup_trials(trials), constant_liar=True
     )
+
+
+def build_pruner(pruning: str) -> BasePruner:
+    """Median pruning after two finished trials, from the first quarter of training on."""
+    if pruning == "none":
+        return NopPruner()
+    return MedianPruner(n_startup_trials=2, n_warmup_steps=0, interval_steps=1)
 
 
 @dataclass(frozen=True)

@@ -1,10 +1,12 @@
-"""The search space of `kubetune tune`: Optuna distributions, and configs with a trial's values.
+"""The search space: Optuna distributions, and configs with a trial's values.
 
 `distributions` turns `search.space` (SearchSpec in kubetune_api.extras) into Optuna
 distributions, named after the fields they set (`learning_rate` -> training.learningRate,
-`rank` -> method.rank, ...). `trial_config` applies one trial's values to the user's config and
-gives the trial its own output folder; `check_search` reports, before any trial runs, every
-value in the space that the config schema would refuse. Called by `tuning.study`.
+`rank` -> method.rank, ...). `with_params` applies one trial's values to a config (through
+`ApiModel.with_values`); `trial_config` also gives the trial its own output folder;
+`check_search` reports, before any trial runs, every value in the space that the config schema
+would refuse. Called by `kubetune_trainer.tuning.study` (kubetune tune) and by the operator
+(`spec.search`: the trial ConfigMaps and the checks at admission).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution, Floa
 
 from kubetune_api import ConfigError, DataSource, TrainerConfig
 from kubetune_api.extras import SEARCH_PARAMS, FloatRange, IntChoices, SearchSpace, SearchSpec
-from kubetune_api.trainer_config import data_source_path, parse_trainer_config
+from kubetune_api.trainer_config import data_source_path
 
 PARAMS = SEARCH_PARAMS  # search.space field -> (config section, wire key)
 EVALS_PER_TRIAL = 4  # when training.evalEverySteps is unset: evaluate about this often
@@ -39,26 +41,24 @@ def distributions(space: SearchSpace) -> dict[str, BaseDistribution]:
     return out
 
 
-def with_params(cfg: TrainerConfig, params: dict[str, Any]) -> dict[str, Any]:
-    """The config as a wire mapping with `params` applied and no search block."""
-    raw = cfg.to_wire()
-    raw.pop("search", None)
-    for name, value in params.items():
-        section, key = PARAMS[name]
-        raw.setdefault(section, {})[key] = value
-    return raw
+def param_values(params: dict[str, Any]) -> dict[str, Any]:
+    """A trial's values keyed by the dotted wire path each one sets ("training.learningRate")."""
+    return {".".join(PARAMS[name]): value for name, value in params.items()}
+
+
+def with_params(cfg: TrainerConfig, params: dict[str, Any]) -> TrainerConfig:
+    """The config with `params` applied and no search block (validated again)."""
+    return cfg.with_values(param_values(params), drop=["search"])
 
 
 def trial_config(
     cfg: TrainerConfig, params: dict[str, Any], output_dir: Path, eval_every: int
 ) -> TrainerConfig:
     """What one trial trains: the values, its own output folder, regular evals, no checkpoints."""
-    raw = with_params(cfg, params)
-    raw["output"] = {"path": str(output_dir)}
-    training = raw.setdefault("training", {})
-    training.setdefault("evalEverySteps", eval_every)
-    training.pop("saveEverySteps", None)
-    return parse_trainer_config(raw)
+    values = {**param_values(params), "output": {"path": str(output_dir)}}
+    if cfg.training.eval_every_steps is None:
+        values["training.evalEverySteps"] = eval_every
+    return cfg.with_values(values, drop=["search", "training.saveEverySteps"])
 
 
 def check_search(cfg: TrainerConfig) -> SearchSpec:
@@ -85,7 +85,7 @@ def check_search(cfg: TrainerConfig) -> SearchSpec:
 
 def _refused(cfg: TrainerConfig, name: str, value: Any) -> list[str]:
     try:
-        parse_trainer_config(with_params(cfg, {name: value}))
+        with_params(cfg, {name: value})
     except ConfigError as err:
         where = f"search.space.{_camel(name)}"
         return [f"{where}: value {value!r} is refused: {p}" for p in err.problems]

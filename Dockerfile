@@ -1,6 +1,6 @@
 # syntax=docker/dockerfile:1
 # Kubetune operator image: `kubetune operator` (kopf, the kubernetes client, prometheus-client).
-# Slim on purpose: only the `operator` extra from uv.lock, no torch.
+# Slim on purpose: only the `operator` extra from uv.lock and the operator/ sources, no torch.
 #
 #   docker build -t kubetune-operator:0.1.0 .
 #   docker run --rm kubetune-operator:0.1.0 operator --help
@@ -26,8 +26,9 @@ ENV UV_COMPILE_BYTECODE=1 \
 # Dependencies first (a layer that changes only with the lock), then the project itself.
 COPY pyproject.toml uv.lock README.md ./
 RUN uv sync --frozen --no-dev --no-install-project --extra operator
+# Only operator/: the operator imports nothing of the trainer or server (tests/unit/
+# test_import_graph.py), and the wheel build skips the trainer_image packages it cannot find.
 COPY operator/ operator/
-COPY trainer_image/ trainer_image/
 RUN uv sync --frozen --no-dev --no-editable --extra operator
 
 # --- runtime: the venv on a clean slim base, as a non-root user ---------------------------------

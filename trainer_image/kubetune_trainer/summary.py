@@ -12,12 +12,32 @@ import resource
 import sys
 from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
 
-if TYPE_CHECKING:
-    from kubetune_trainer.train import Loop
+from kubetune_api import TrainerConfig, TrainingSpec
+from kubetune_trainer.checkpoint import TrainState
+from kubetune_trainer.distributed import Runtime
+from kubetune_trainer.prepare import Prepared
+
+
+class FinishedRun(Protocol):
+    """What `build` reads of a finished run; `train.Loop` is one."""
+
+    cfg: TrainerConfig
+    t: TrainingSpec
+    rt: Runtime
+    data: Prepared
+    state: TrainState
+    micro: int
+    accum: int
+    real_tokens: int
+    padded_tokens: int
+    train_seconds: float
+    last_loss: float
+    first_loss: float | None
+    eval_metrics: dict[str, float]
 
 
 def peak_memory_bytes(device: torch.device) -> int:
@@ -37,7 +57,7 @@ def versions() -> dict[str, str]:
     return found
 
 
-def build(loop: Loop, info: Any, total_steps: int, adapter_dir: Path) -> dict[str, Any]:
+def build(loop: FinishedRun, info: Any, total_steps: int, adapter_dir: Path) -> dict[str, Any]:
     padded = max(loop.padded_tokens, 1)
     metrics: dict[str, float] = {"train_loss": loop.last_loss, **loop.eval_metrics}
     return {

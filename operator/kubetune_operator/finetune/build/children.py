@@ -1,7 +1,7 @@
 """Every child object of one attempt (or search trial), in the order they are applied. Pure.
 
 RBAC and the ConfigMap go before the Job: a pod whose ServiceAccount does not exist yet is
-refused, and the Job controller would back off. Called by `plan` and `endings`.
+refused, and the Job controller would back off. Called by `plan`, `attempts` and `search`.
 """
 
 from __future__ import annotations
@@ -13,10 +13,14 @@ from typing import Any
 from kubetune_api.finetune import FineTuneJobSpec
 from kubetune_api.status import Attempt
 from kubetune_operator import names
-from kubetune_operator.config import Params, build_config_map
-from kubetune_operator.job import build_job, build_service
+from kubetune_operator.finetune.build.config import Params, build_config_map
+from kubetune_operator.finetune.build.job import build_job, build_service
+from kubetune_operator.finetune.build.rbac import (
+    build_role,
+    build_role_binding,
+    build_service_account,
+)
 from kubetune_operator.owner import Owner
-from kubetune_operator.rbac import build_role, build_role_binding, build_service_account
 from kubetune_operator.settings import Settings
 
 Json = dict[str, Any]
@@ -26,8 +30,9 @@ def build_children(
     owner: Owner, spec: FineTuneJobSpec, attempt: Attempt, settings: Settings
 ) -> list[Json]:
     """Every child of one attempt, in apply order (RBAC and config before the Job)."""
-    config_map = build_config_map(owner, spec, attempt.index, attempt.changes)
-    return _with_rbac(owner, spec, settings, config_map, names.Run(attempt.index))
+    run = names.Run(attempt.index)
+    config_map = build_config_map(owner, spec, run, attempt.changes)
+    return _with_rbac(owner, spec, settings, config_map, run)
 
 
 def build_trial_children(

@@ -6,7 +6,7 @@ on the mounted output volume, and applies the attempt's retry overrides (smaller
 lower learning rate). `build_trial_config` does the same for a search trial (spec.search): its
 sampled values applied (`kubetune tune`'s `with_params`, torch-free) and its own output folder
 `trials/trial-NNNN`. `build_config_map` renders either as YAML under `config.yaml`. Pure; called
-by `children` once per attempt or trial.
+by `children` once per attempt or trial (and `trial_subdir` by `search`).
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ import yaml
 from kubetune_api.finetune import FineTuneJobSpec, ModelSpec, OutputSpec
 from kubetune_api.trainer_config import TrainerConfig, parse_trainer_config
 from kubetune_operator import names
-from kubetune_operator.mounts import CONFIG_KEY, output_dir, source_path
+from kubetune_operator.finetune.build.mounts import CONFIG_KEY, output_dir, source_path
+from kubetune_operator.finetune.retry import apply_overrides
 from kubetune_operator.owner import Owner
-from kubetune_operator.retry import apply_overrides
 
 Params = dict[str, Any]  # search.space field (learning_rate, rank, ...) -> value
 
@@ -91,12 +91,11 @@ def render_config(config: TrainerConfig) -> str:
 def build_config_map(
     owner: Owner,
     spec: FineTuneJobSpec,
-    attempt: int | names.Run,
+    run: names.Run,
     overrides: dict[str, str] | None = None,
     params: Params | None = None,
 ) -> dict[str, Any]:
     """ConfigMap `<name>-a<N>` (a trial's: `<name>-t<N>`, with `params`) holding `config.yaml`."""
-    run = names.as_run(attempt)
     config = (
         build_trial_config(spec, owner.name, run.index, params or {})
         if run.trial

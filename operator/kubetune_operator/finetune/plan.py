@@ -11,6 +11,7 @@
 The plan lists objects to apply, Jobs to delete, the operator's share of the status and the
 Events to post. It reads no clock and no API: `reconcile` passes `now` and the observed
 snapshots, and carries the plan out. Same inputs, same plan, so a restart never duplicates.
+How an attempt ends is `attempts`; a search's trials are `search`.
 """
 
 from __future__ import annotations
@@ -20,25 +21,26 @@ from typing import Any
 
 from kubetune_api.errors import ConfigError
 from kubetune_api.status import Attempt, FineTuneJobStatus
-from kubetune_operator.children import build_children
-from kubetune_operator.endings import fail, failed_attempt, succeeded
-from kubetune_operator.observe import PENDING_REASONS, Observation, observe_attempt
-from kubetune_operator.owner import Owner
-from kubetune_operator.plan_types import (
+from kubetune_operator.finetune.attempts import fail, failed_attempt, succeeded
+from kubetune_operator.finetune.build.children import build_children
+from kubetune_operator.finetune.failure import Failure
+from kubetune_operator.finetune.observe import PENDING_REASONS, Observation, observe_attempt
+from kubetune_operator.finetune.plan_types import (
     Context,
-    Event,
     Observed,
     Plan,
     new_attempt,
     pending_left,
     started_message,
 )
-from kubetune_operator.preflight import CONDITION as MEMORY_CONDITION
-from kubetune_operator.preflight import MemoryCheck, check_memory
-from kubetune_operator.retry import Failure
-from kubetune_operator.search import plan_search
+from kubetune_operator.finetune.preflight import CONDITION as MEMORY_CONDITION
+from kubetune_operator.finetune.preflight import MemoryCheck, check_memory
+from kubetune_operator.finetune.search import plan_search
+from kubetune_operator.finetune.validation import parse_spec
+from kubetune_operator.owner import Owner
 from kubetune_operator.settings import Settings
 from kubetune_operator.status import (
+    Event,
     condition,
     parse_status,
     set_condition,
@@ -46,9 +48,8 @@ from kubetune_operator.status import (
     suspended_conditions,
     timestamp,
 )
-from kubetune_operator.validation import parse_spec
 
-__all__ = ["Event", "Observed", "Plan", "build_children", "plan_reconcile"]
+__all__ = ["Event", "Observed", "Plan", "plan_reconcile"]
 Json = dict[str, Any]
 TERMINAL = ("Succeeded", "Failed")
 

@@ -16,9 +16,9 @@ from typing import Literal
 
 from kubetune_api.finetune import FineTuneJobSpec
 from kubetune_api.trainer_config import TrainerConfig
-from kubetune_operator.retry import apply_overrides
+from kubetune_operator.finetune.retry import apply_overrides
+from kubetune_operator.finetune.topology import world_size
 from kubetune_operator.settings import Settings
-from kubetune_operator.validation import world_size
 from kubetune_trainer.estimate import (
     GIB,
     UnknownModelError,

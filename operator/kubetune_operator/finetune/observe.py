@@ -7,19 +7,18 @@ ImagePullBackOff, ...), Running, Succeeded or Failed with a `Failure` parsed fro
 termination message (`{"reason": "OutOfMemory", "exitCode": 4, "step": ..., ...}`), its exit
 code, or the container's own reason (`OOMKilled`). A search trial's children carry a trial
 label instead of an attempt label, and `succeeded_eval_loss` reads a finished trial's result
-from its pod. Called by `plan`, `search` and `handlers`.
+from its pod. Called by `plan`, `search` and `handlers` (the snapshots).
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from kubetune_operator import names
-from kubetune_operator.retry import EXIT_REASONS, Failure
+from kubetune_operator.finetune.failure import EXIT_REASONS, Failure, parse_termination
+from kubetune_operator.names import TRAINER_CONTAINER
 
-TRAINER_CONTAINER = "trainer"
 # Why a pod can wait for good: these become the failure reason once pendingTimeoutSeconds passes.
 PENDING_REASONS = ("Unschedulable", "ImagePullBackOff", "ErrImagePull", "InvalidImageName")
 PULL_ERRORS = frozenset(
@@ -86,15 +85,6 @@ def _condition(conditions: list[Json], kind: str) -> Json:
 def _container(pod: Json) -> Json:
     statuses = pod["containerStatuses"]
     return next((c for c in statuses if c.get("name") == TRAINER_CONTAINER), {})
-
-
-def parse_termination(message: str | None) -> Json:
-    """The trainer's one-line JSON reason, or {} when the message is not ours."""
-    try:
-        data = json.loads(message or "")
-    except ValueError:
-        return {}
-    return data if isinstance(data, dict) and isinstance(data.get("reason"), str) else {}
 
 
 def pod_failure(pod: Json) -> Failure:

@@ -15,8 +15,8 @@ from pydantic import ValidationError
 
 from kubetune_api.errors import ConfigError
 from kubetune_api.finetune import DataSource, FineTuneJobSpec
-
-GPU_RESOURCE = "nvidia.com/gpu"
+from kubetune_operator.finetune.topology import world_size
+from kubetune_operator.names import GPU_RESOURCE
 
 
 def parse_spec(raw: Any) -> FineTuneJobSpec:
@@ -42,11 +42,6 @@ def cluster_problems(spec: FineTuneJobSpec) -> list[str]:
     except ValueError as err:
         problems.append(f"spec.training.batchSize: {err} (processes = nodes x gpusPerNode)")
     return problems
-
-
-def world_size(spec: FineTuneJobSpec) -> int:
-    """Trainer processes: one per GPU on every node (one per node on CPU-only pods)."""
-    return spec.resources.nodes * max(1, spec.resources.gpus_per_node)
 
 
 def _output_problems(spec: FineTuneJobSpec) -> list[str]:

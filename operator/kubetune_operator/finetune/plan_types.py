@@ -1,22 +1,26 @@
-"""The vocabulary of a reconcile plan: observed children, Events, the Plan, its inputs.
+"""The vocabulary of a FineTuneJob plan: observed children, the Plan, its inputs. Pure data.
 
-Shared by `plan` (the decision) and `endings` (how an attempt ends); pure data.
+Shared by `plan` (the decision), `attempts` (how an attempt ends) and `search` (trials);
+`Indexes` is how `handlers` hand kopf's in-memory child indexes to `reconcile`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any
 
 from kubetune_api.finetune import FineTuneJobSpec
 from kubetune_api.status import Attempt, FineTuneJobStatus
 from kubetune_operator import names
 from kubetune_operator.owner import Owner
 from kubetune_operator.settings import Settings
-from kubetune_operator.status import parse_time, timestamp
+from kubetune_operator.status import Event, parse_time, timestamp
 
+__all__ = ["Context", "Event", "Indexes", "Observed", "Plan", "new_attempt", "pending_left"]
 Json = dict[str, Any]
+Key = tuple[str, str]
 
 
 @dataclass(frozen=True)
@@ -27,11 +31,15 @@ class Observed:
     pods: list[Json] = field(default_factory=list)
 
 
-@dataclass(frozen=True)
-class Event:
-    type: Literal["Normal", "Warning"]
-    reason: str
-    message: str
+@dataclass
+class Indexes:
+    """In-memory snapshots of children, keyed by (namespace, FineTuneJob name) (kopf indexes)."""
+
+    jobs: Mapping[Key, Iterable[Json]]
+    pods: Mapping[Key, Iterable[Json]]
+
+    def observed(self, key: Key) -> Observed:
+        return Observed(list(self.jobs.get(key, [])), list(self.pods.get(key, [])))
 
 
 @dataclass

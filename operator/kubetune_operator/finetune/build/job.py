@@ -16,11 +16,10 @@ from typing import Any
 
 from kubetune_api.finetune import FineTuneJobSpec
 from kubetune_operator import names
-from kubetune_operator.mounts import CONFIG_DIR, CONFIG_PATH, Mounts, resolve_mounts
-from kubetune_operator.observe import TRAINER_CONTAINER
+from kubetune_operator.finetune.build.mounts import CONFIG_DIR, CONFIG_PATH, Mounts, resolve_mounts
+from kubetune_operator.names import GPU_RESOURCE, TRAINER_CONTAINER
 from kubetune_operator.owner import Owner
 from kubetune_operator.settings import Settings
-from kubetune_operator.validation import GPU_RESOURCE
 
 Json = dict[str, Any]
 
@@ -152,13 +151,12 @@ def _pod_spec(owner: Owner, spec: FineTuneJobSpec, run: names.Run, settings: Set
 def build_job(
     owner: Owner,
     spec: FineTuneJobSpec,
-    attempt: int | names.Run,
+    run: names.Run,
     settings: Settings,
     config_hash: str = "",
 ) -> Json:
     """batch/v1 Job `<name>-a<N>` (a search trial: `<name>-t<N>`): backoffLimit 0, Indexed
     when nodes > 1."""
-    run = names.as_run(attempt)
     name = run.job_name(owner.name)
     nodes = spec.resources.nodes
     meta = owner.child_meta(name, "trainer", **run.label_kwargs())

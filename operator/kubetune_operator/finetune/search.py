@@ -27,17 +27,18 @@ from kubetune_api.extras import SEARCH_PARAMS as PARAMS
 from kubetune_api.extras import FloatRange, SearchSpec
 from kubetune_api.status import FineTuneJobStatus, Metrics, OutputStatus, Progress, Trial
 from kubetune_operator import names
-from kubetune_operator.children import build_trial_children
-from kubetune_operator.config import trial_subdir
-from kubetune_operator.endings import adapter_location
-from kubetune_operator.observe import (
+from kubetune_operator.finetune.build.children import build_trial_children
+from kubetune_operator.finetune.build.config import trial_subdir
+from kubetune_operator.finetune.build.mounts import adapter_location
+from kubetune_operator.finetune.observe import (
     PENDING_REASONS,
     Observation,
     observe_attempt,
     succeeded_eval_loss,
 )
-from kubetune_operator.plan_types import Context, Event, Plan, pending_left
+from kubetune_operator.finetune.plan_types import Context, Plan, pending_left
 from kubetune_operator.status import (
+    Event,
     parse_time,
     set_condition,
     shorten,

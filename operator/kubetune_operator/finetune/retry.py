@@ -8,7 +8,7 @@
     anything else            retried unchanged
 all within `spec.retry.maxRetries`. Overrides are cumulative and stored as strings in
 `status.attempts[].changes`, so the next attempt's config is rebuilt from the status alone.
-Pure; called by `plan`; `apply_overrides` also by `config`.
+Pure; called by `attempts`; `apply_overrides` also by `build.config` and `preflight`.
 """
 
 from __future__ import annotations
@@ -16,12 +16,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from kubetune_api.finetune import FineTuneJobSpec, TrainingSpec
-from kubetune_operator.validation import world_size
+from kubetune_operator.finetune.failure import Failure
+from kubetune_operator.finetune.topology import world_size
 
 OOM_REASONS = frozenset({"OutOfMemory", "OOMKilled"})
 NAN_REASONS = frozenset({"NaNLoss"})
 FATAL_REASONS = frozenset({"InvalidConfig", "InvalidData"})
-EXIT_REASONS = {2: "InvalidConfig", 3: "InvalidData", 4: "OutOfMemory", 5: "NaNLoss"}
 NAN_LR_DIVISOR = 3
 MIN_LEARNING_RATE = 1e-6
 
@@ -30,17 +30,6 @@ OVERRIDE_FIELDS = {
     "gradientAccumulationSteps": "gradient_accumulation_steps",
     "learningRate": "learning_rate",
 }
-
-
-@dataclass(frozen=True)
-class Failure:
-    """Why an attempt failed, as read from the pod (termination message, exit code, reason)."""
-
-    reason: str
-    message: str = ""
-    exit_code: int | None = None
-    step: int | None = None
-    checkpoint: str | None = None
 
 
 @dataclass(frozen=True)

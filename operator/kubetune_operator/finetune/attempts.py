@@ -2,19 +2,20 @@
 
 Each function takes the plan's inputs and returns the Plan for that ending: the status (attempts
 closed with their result, conditions, output), the next attempt's children when retrying, and
-the Events. Called by `plan`.
+the Events. Called by `plan` (a spec.search job's trials end in `search` instead).
 """
 
 from __future__ import annotations
 
 from datetime import datetime
 
-from kubetune_api.finetune import FineTuneJobSpec
 from kubetune_api.status import Attempt, FineTuneJobStatus, OutputStatus
-from kubetune_operator.children import build_children
-from kubetune_operator.plan_types import Context, Event, Plan, new_attempt, started_message
-from kubetune_operator.retry import Failure, decide_retry
-from kubetune_operator.status import set_condition, shorten, timestamp
+from kubetune_operator.finetune.build.children import build_children
+from kubetune_operator.finetune.build.mounts import adapter_location
+from kubetune_operator.finetune.failure import Failure
+from kubetune_operator.finetune.plan_types import Context, Plan, new_attempt, started_message
+from kubetune_operator.finetune.retry import decide_retry
+from kubetune_operator.status import Event, set_condition, shorten, timestamp
 
 
 def succeeded(ctx: Context, status: FineTuneJobStatus, attempts: list[Attempt]) -> Plan:
@@ -40,17 +41,6 @@ def succeeded(ctx: Context, status: FineTuneJobStatus, attempts: list[Attempt]) 
         }
     )
     return Plan(new, events=[Event("Normal", "Succeeded", new.message or "")])
-
-
-def adapter_location(spec: FineTuneJobSpec, name: str, under: str = "") -> str:
-    """Where the adapter is, as a reference that means something outside the pod; `under` is
-    a folder below the output folder (a search trial's `trials/trial-NNNN`)."""
-    out = spec.output
-    tail = f"{under.strip('/')}/adapter" if under else "adapter"
-    if out.pvc is not None:
-        sub = (out.pvc.path or name).strip("/")
-        return f"pvc://{out.pvc.claim_name}/{sub}/{tail}"
-    return f"{(out.uri or '').rstrip('/')}/{tail}"
 
 
 def failed_attempt(

@@ -3,7 +3,9 @@
 Every PersistentVolumeClaim the spec names (output, data, model weights) is mounted once at
 `/mnt/pvc/<claim>` (read-write only for the output claim); every ConfigMap data source at
 `/mnt/configmaps/<name>`. `resolve_mounts` returns the volumes and mounts plus a function that
-turns a spec `DataSource` into the path the trainer reads. Pure; called by `config` and `job`.
+turns a spec `DataSource` into the path the trainer reads; `adapter_location` is where the
+trained adapter is, seen from outside the pod (`status.output.adapterPath`). Pure; called by
+`config` and `job`, and `adapter_location` by `attempts` and `search`.
 """
 
 from __future__ import annotations
@@ -12,8 +14,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kubetune_api.finetune import DataSource, FineTuneJobSpec
+from kubetune_operator.names import PVC_ROOT
 
-PVC_ROOT = "/mnt/pvc"
 CONFIGMAP_ROOT = "/mnt/configmaps"
 SCRATCH_OUTPUT = "/mnt/output"  # emptyDir when the output is a uri (the image uploads it)
 CONFIG_DIR = "/etc/kubetune"
@@ -58,6 +60,17 @@ def output_dir(spec: FineTuneJobSpec, name: str) -> str:
     if pvc is None:
         return SCRATCH_OUTPUT
     return _join(f"{PVC_ROOT}/{pvc.claim_name}", pvc.path or name)
+
+
+def adapter_location(spec: FineTuneJobSpec, name: str, under: str = "") -> str:
+    """Where the adapter is, as a reference that means something outside the pod; `under` is
+    a folder below the output folder (a search trial's `trials/trial-NNNN`)."""
+    out = spec.output
+    tail = f"{under.strip('/')}/adapter" if under else "adapter"
+    if out.pvc is not None:
+        sub = (out.pvc.path or name).strip("/")
+        return f"pvc://{out.pvc.claim_name}/{sub}/{tail}"
+    return f"{(out.uri or '').rstrip('/')}/{tail}"
 
 
 def resolve_mounts(spec: FineTuneJobSpec, name: str) -> Mounts:

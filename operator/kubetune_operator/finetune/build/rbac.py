@@ -1,7 +1,7 @@
 """The trainer's identity: a ServiceAccount whose Role lets it patch only its own status.
 
 The trainer's status reporter patches `finetunejobs/status` of its own FineTuneJob and nothing
-else (`resourceNames: [<name>]`, verbs get and patch). Pure; called by `plan`.
+else (`resourceNames: [<name>]`, verbs get and patch). Pure; called by `children`.
 """
 
 from __future__ import annotations

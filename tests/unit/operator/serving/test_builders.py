@@ -24,7 +24,7 @@ from kubetune_operator.settings import Settings
 from kubetune_server.cli import build_parser as serve_parser
 from kubetune_server.router_cli import build_parser as route_parser
 
-EXAMPLES = Path(__file__).parents[2] / "manifests" / "examples"
+EXAMPLES = Path(__file__).parents[4] / "manifests" / "examples"
 OWNER = MdepOwner("team-a", "chat", "7f1c-uid")
 SETTINGS = Settings(trainer_image="kubetune-runtime:test")
 Json = dict[str, Any]

@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 
-from kubetune_operator.plan import Observed, Plan, plan_reconcile
-from kubetune_operator.preflight import check_memory, gpu_memory
+from kubetune_operator.finetune.plan import Observed, Plan, plan_reconcile
+from kubetune_operator.finetune.preflight import check_memory, gpu_memory
+from kubetune_operator.finetune.validation import parse_spec
 from kubetune_operator.settings import Settings
-from kubetune_operator.validation import parse_spec
 
 NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
 SPEC: dict[str, Any] = {

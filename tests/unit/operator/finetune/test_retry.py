@@ -7,8 +7,10 @@ from typing import Any
 import pytest
 
 from kubetune_api.finetune import FineTuneJobSpec
-from kubetune_operator.retry import Failure, apply_overrides, decide_retry
-from kubetune_operator.validation import parse_spec, world_size
+from kubetune_operator.finetune.failure import Failure
+from kubetune_operator.finetune.retry import apply_overrides, decide_retry
+from kubetune_operator.finetune.topology import world_size
+from kubetune_operator.finetune.validation import parse_spec
 
 
 def spec_of(

@@ -9,8 +9,8 @@ from typing import Any
 import yaml
 
 from kubetune_operator import names
-from kubetune_operator.observe import job_snapshot, pod_snapshot
-from kubetune_operator.plan import Observed, Plan, plan_reconcile
+from kubetune_operator.finetune.observe import job_snapshot, pod_snapshot
+from kubetune_operator.finetune.plan import Observed, Plan, plan_reconcile
 from kubetune_operator.settings import Settings
 from kubetune_operator.status import status_patch
 

@@ -6,7 +6,8 @@ import json
 from typing import Any
 
 from kubetune_operator import names
-from kubetune_operator.observe import job_snapshot, observe_attempt, parse_termination, pod_snapshot
+from kubetune_operator.finetune.failure import parse_termination
+from kubetune_operator.finetune.observe import job_snapshot, observe_attempt, pod_snapshot
 
 
 def job(conditions: list[dict[str, Any]] | None = None) -> dict[str, Any]:

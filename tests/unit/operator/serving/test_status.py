@@ -7,13 +7,13 @@ from typing import Any
 
 from kubetune_api.deployment import ModelDeploymentStatus
 from kubetune_operator.serving.adapters import Waiting
-from kubetune_operator.serving.reconcile import transition_event
 from kubetune_operator.serving.status import (
     ModelState,
     derive_status,
     failed_status,
     rollout,
     status_patch,
+    transition_event,
 )
 
 NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)

@@ -11,9 +11,9 @@ import yaml
 
 from kubetune_api.extras import SearchSpec
 from kubetune_operator import names
-from kubetune_operator.observe import job_snapshot, pod_snapshot
-from kubetune_operator.plan import Observed, Plan, plan_reconcile
-from kubetune_operator.search import from_status_params, to_status_params
+from kubetune_operator.finetune.observe import job_snapshot, pod_snapshot
+from kubetune_operator.finetune.plan import Observed, Plan, plan_reconcile
+from kubetune_operator.finetune.search import from_status_params, to_status_params
 from kubetune_operator.settings import Settings
 from kubetune_operator.status import status_patch
 

@@ -11,15 +11,15 @@ import yaml
 from kubetune_api.finetune import FineTuneJobSpec
 from kubetune_api.status import Attempt
 from kubetune_operator import names
-from kubetune_operator.children import build_children, build_trial_children
-from kubetune_operator.config import build_config_map, build_trainer_config
-from kubetune_operator.job import build_job, trainer_args
+from kubetune_operator.finetune.build.children import build_children, build_trial_children
+from kubetune_operator.finetune.build.config import build_config_map, build_trainer_config
+from kubetune_operator.finetune.build.job import build_job, trainer_args
+from kubetune_operator.finetune.build.rbac import build_role, build_role_binding
+from kubetune_operator.finetune.validation import parse_spec
 from kubetune_operator.owner import Owner
-from kubetune_operator.rbac import build_role, build_role_binding
 from kubetune_operator.settings import Settings
-from kubetune_operator.validation import parse_spec
 
-EXAMPLES = sorted((Path(__file__).parents[2] / "manifests" / "examples").glob("finetunejob-*.yaml"))
+EXAMPLES = sorted((Path(__file__).parents[5] / "manifests" / "examples").glob("finetunejob-*.yaml"))
 OWNER = Owner("team-a", "faq", "0b5e6c1e-uid")
 
 
@@ -85,7 +85,7 @@ def test_every_child_is_owned_and_labelled() -> None:
 
 
 def test_job_requests_gpus_and_runs_torchrun_non_root() -> None:
-    job = build_job(OWNER, spec_of(), 3, Settings(trainer_image="trainer:1"))
+    job = build_job(OWNER, spec_of(), names.Run(3), Settings(trainer_image="trainer:1"))
     assert job["metadata"]["name"] == "faq-a3"
     assert job["spec"]["backoffLimit"] == 0
     assert job["spec"]["completionMode"] == "NonIndexed"
@@ -123,7 +123,7 @@ def test_job_placement_and_extra_resources_come_from_the_spec() -> None:
             "image": "custom:2",
         }
     )
-    job = build_job(OWNER, spec, 0, Settings())
+    job = build_job(OWNER, spec, names.Run(0), Settings())
     pod = job["spec"]["template"]["spec"]
     assert pod["nodeSelector"] == {"gpu": "h100"}
     assert pod["tolerations"][0] == {
@@ -140,7 +140,7 @@ def test_job_placement_and_extra_resources_come_from_the_spec() -> None:
 
 
 def test_cpu_only_job_has_no_gpu_request_or_toleration() -> None:
-    job = build_job(OWNER, spec_of(resources={"gpusPerNode": 0}), 0, Settings())
+    job = build_job(OWNER, spec_of(resources={"gpusPerNode": 0}), names.Run(0), Settings())
     assert "nvidia.com/gpu" not in str(container(job)["resources"])
     assert "tolerations" not in job["spec"]["template"]["spec"]
     assert "--nproc_per_node=1" in container(job)["args"]
@@ -148,7 +148,7 @@ def test_cpu_only_job_has_no_gpu_request_or_toleration() -> None:
 
 def test_multi_node_is_an_indexed_job_with_rendezvous_env() -> None:
     spec = spec_of(resources={"nodes": 3, "gpusPerNode": 8})
-    job = build_job(OWNER, spec, 1, Settings())
+    job = build_job(OWNER, spec, names.Run(1), Settings())
     assert job["spec"]["completionMode"] == "Indexed"
     assert job["spec"]["completions"] == job["spec"]["parallelism"] == 3
     assert job["spec"]["template"]["spec"]["subdomain"] == "faq"
@@ -192,7 +192,9 @@ def test_role_lets_the_trainer_patch_only_its_own_status() -> None:
 
 def test_config_points_at_mounted_paths_and_carries_overrides() -> None:
     spec = spec_of()
-    cm = build_config_map(OWNER, spec, 2, {"microBatchSize": "2", "gradientAccumulationSteps": "4"})
+    cm = build_config_map(
+        OWNER, spec, names.Run(2), {"microBatchSize": "2", "gradientAccumulationSteps": "4"}
+    )
     assert cm["metadata"]["name"] == "faq-a2"
     config = yaml.safe_load(cm["data"]["config.yaml"])
     assert config["model"] == {"name": "/mnt/pvc/models/qwen3-8b"}
@@ -205,7 +207,7 @@ def test_config_points_at_mounted_paths_and_carries_overrides() -> None:
 
 
 def test_mounts_match_the_config_paths() -> None:
-    job = build_job(OWNER, spec_of(), 0, Settings())
+    job = build_job(OWNER, spec_of(), names.Run(0), Settings())
     mounts = {m["mountPath"]: m for m in container(job)["volumeMounts"]}
     volumes = {v["name"]: v for v in job["spec"]["template"]["spec"]["volumes"]}
     assert mounts["/mnt/pvc/out"].get("readOnly") is False
@@ -250,17 +252,3 @@ def test_every_example_parses_and_builds(path: Path) -> None:
         children = build_trial_children(owner, spec, 0, params, Settings())
     assert children[-1]["kind"] == "Job"
     assert len(EXAMPLES) >= 6
-
-
-def test_body_cache_keeps_the_newest_resource_version() -> None:
-    from kubetune_operator.cache import BodyCache
-
-    cache = BodyCache()
-    key = ("ns", "faq")
-    cache.offer(key, {"metadata": {"resourceVersion": "20"}, "status": {"phase": "Running"}})
-    cache.offer(key, {"metadata": {"resourceVersion": "19"}, "status": {"phase": "Pending"}})
-    assert cache.get(key) == {"metadata": {"resourceVersion": "20"}, "status": {"phase": "Running"}}
-    cache.offer(key, {"metadata": {"resourceVersion": "21"}, "status": {"phase": "Failed"}})
-    assert (cache.get(key) or {})["status"]["phase"] == "Failed"
-    cache.drop(key)
-    assert cache.get(key) is None

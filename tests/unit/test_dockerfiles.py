@@ -205,7 +205,7 @@ def test_operator_image_install_steps_work_without_torch(tmp_path: Path) -> None
         [
             str(python),
             "-c",
-            "import kubetune_operator.handlers, kubetune_operator.preflight, "
+            "import kubetune_operator.finetune.handlers, kubetune_operator.finetune.reconcile, "
             "kubetune_trainer.tuning.sampler",
         ],
         capture_output=True, text=True, cwd=tmp_path,

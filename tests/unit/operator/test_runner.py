@@ -283,7 +283,7 @@ def test_modeldeployment_handlers_retry_every_api_error() -> None:
 
 def test_a_modeldeployment_is_applied_pruned_and_its_status_patched() -> None:
     kube, mdep, posted = modeldeployments()
-    stale = {
+    stale: Json = {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
         "metadata": {

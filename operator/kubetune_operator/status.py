@@ -5,7 +5,7 @@ observedGeneration and message; the trainer owns progress and metrics (except in
 whose trial pods report nothing: there the operator writes them too). `status_patch` compares
 only the operator's keys, so a reconcile never overwrites what the trainer reported and patches
 nothing when nothing changed. `Event` is what a plan (either kind's) asks `runner` to post.
-Pure; called by `finetune.plan` and its steps, `finetune.reconcile` and `serving.status`.
+Pure; called by `finetune.plan` and its steps, `finetune.reconcile`, `serving.status` and `runner`.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""kopf registrations of the ModelDeployment operator: what wakes `ServingReconciler`.
+"""kopf registrations of the ModelDeployment operator: what wakes the ModelDeployment runner.
 
 - a ModelDeployment is created, changed or found at startup;
 - a Deployment labelled `kubetune.io/modeldeployment` changes (rollout, readiness);

@@ -1,11 +1,12 @@
-"""The freshest FineTuneJob bodies the operator has seen, so a reconcile need not GET them.
+"""The freshest bodies of a kind's objects the operator has seen, so a reconcile need not GET them.
 
 Bodies arrive from the watch (every FineTuneJob event) and from the API server's answers to the
 operator's own status patches. The watch can lag behind a patch the operator just made; keeping
 whichever body has the higher `resourceVersion` means a reconcile never plans from a status
 older than its own last write. (resourceVersions are etcd revisions, so comparing them as
 integers is sound on one cluster; a body whose version is not a number is simply replaced.)
-Used by `reconcile`; fed by `handlers` and `reconcile`.
+Held by `runner` (`Runner.bodies`); fed by `finetune.handlers` (watch events) and
+`finetune.reconcile` (status patches), and read by `finetune.reconcile`.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ def is_newer(candidate: Json, current: Json | None) -> bool:
 
 
 class BodyCache:
-    """Thread-safe map (namespace, name) -> freshest FineTuneJob body."""
+    """Thread-safe map (namespace, name) -> freshest body."""
 
     def __init__(self) -> None:
         self._bodies: dict[Key, Json] = {}

@@ -105,12 +105,16 @@ def limit_malloc_arenas(arenas: int = 2) -> None:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
+    """Build the parts, hand them to the handlers (registered at import), run kopf."""
     import kopf
 
-    from kubetune_operator.handlers import post_event, register
+    from kubetune_operator import activities  # noqa: F401  # registers kopf's settings, login
+    from kubetune_operator.finetune import handlers as finetune_handlers
+    from kubetune_operator.finetune.reconcile import FineTuneJobs
     from kubetune_operator.kube import Kube, connect
     from kubetune_operator.metrics import OperatorMetrics
-    from kubetune_operator.reconcile import Reconciler
+    from kubetune_operator.serving import handlers as serving_handlers
+    from kubetune_operator.serving.reconcile import ModelDeployments
 
     limit_malloc_arenas()
     if args.kubeconfig:
@@ -122,14 +126,12 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     metrics = OperatorMetrics()
     if args.metrics_port:
         metrics.serve(args.metrics_port)
-    reconciler = Reconciler(
-        Kube(connect(args.kubeconfig)), settings, metrics, post_event, args.workers
-    )
-    registry = kopf.OperatorRegistry()
-    register(registry, reconciler, metrics)
+    kube = Kube(connect(args.kubeconfig))
+    finetunejobs = FineTuneJobs(kube, settings, metrics, workers=args.workers)
+    finetune_handlers.PARTS.set(finetune_handlers.Parts(finetunejobs.runner, metrics))
+    serving_handlers.PARTS.set(ModelDeployments(kube, settings).runner)
     health = f"http://0.0.0.0:{args.health_port}/healthz" if args.health_port else None
     kopf.run(
-        registry=registry,
         standalone=args.standalone or None,
         peering_name=args.peering,
         clusterwide=not args.namespace,

@@ -4,12 +4,14 @@ Requests go through the `kubernetes` client's transport (kubeconfig or in-cluste
 TLS, connection pool) but carry plain JSON: no generated model classes, so a reconcile costs
 microseconds of (de)serialisation, not milliseconds. Children are written with server-side
 apply under the fixed field manager `kubetune-operator` (force: the operator owns them).
-Called by `reconcile`; nothing else in the operator does I/O.
+Called by the runner wiring of each kind (`finetune.reconcile`, `serving.reconcile`) through
+`runner.Runner.call`; nothing else in the operator does I/O.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any
 
 from kubernetes import client, config
@@ -41,6 +43,20 @@ class KubeError(Exception):
     @property
     def temporary(self) -> bool:
         return self.status in (0, 409, 429) or self.status >= 500
+
+    @property
+    def rejected(self) -> bool:
+        """The API server refused the object itself (400, 422): sending it again cannot help."""
+        return self.status in (400, 422)
+
+
+@dataclass
+class Applied:
+    """The answers to `Kube.apply_all`, in order; `rejected`: the object refused, and why."""
+
+    answers: list[Json]
+    rejected: Json | None = None
+    error: KubeError | None = None
 
 
 def connect(kubeconfig: str | None = None, pool_size: int = 32) -> client.ApiClient:
@@ -123,6 +139,19 @@ class Kube:
             content_type="application/apply-patch+yaml",
         )
         return result or {}
+
+    def apply_all(self, objects: list[Json]) -> Applied:
+        """Server-side apply each object in order, stopping at the first one the API server
+        rejects (400/422); any other error raises."""
+        answers = []
+        for obj in objects:
+            try:
+                answers.append(self.apply(obj))
+            except KubeError as err:
+                if not err.rejected:
+                    raise
+                return Applied(answers, obj, err)
+        return Applied(answers)
 
     def read_finetunejob(self, namespace: str, name: str) -> Json | None:
         """The FineTuneJob, or None when it is gone."""

@@ -4,7 +4,8 @@
     kubetune_operator_reconcile_duration_seconds{trigger}  histogram
     kubetune_operator_reconcile_errors_total{reason}    counter
 plus the process collector (resident memory, CPU). One registry per operator, no module
-globals; `serve` exposes it on /metrics. Fed by `handlers` and `reconcile`.
+globals; `serve` exposes it on /metrics. Fed by `finetune.handlers` (phases from the watch),
+`runner` (latency and errors of FineTuneJob runs) and `finetune.reconcile` (phase after a run).
 """
 
 from __future__ import annotations

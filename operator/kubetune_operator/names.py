@@ -1,9 +1,11 @@
 """Names, labels and annotations of a FineTuneJob's children: pure and deterministic.
 
-Every child name is derived from the FineTuneJob name (and the attempt or trial number), so building the
-same FineTuneJob twice, or after an operator restart, names the same objects. Names that would
-exceed a Kubernetes limit are shortened with a hash suffix, still deterministically. Called by
-the builders (`job`, `config`, `rbac`) and by `observe`, which maps children back to their owner.
+Every child name is derived from the FineTuneJob name (and the attempt or trial number), so
+building the same FineTuneJob twice, or after an operator restart, names the same objects. Names
+that would exceed a Kubernetes limit are shortened with a hash suffix, still deterministically.
+Also the few names both kinds' pods share: the GPU resource, the trainer container, the PVC mount
+root. A leaf; imported by the builders (`finetune.build`, `serving.builders`), `owner`, `kube`,
+`finetune.observe` (which maps children back to their owner) and `serving.names`.
 """
 
 from __future__ import annotations
@@ -27,6 +29,10 @@ ANNOTATION_FTJ = "kubetune.io/finetunejob"  # the full name (label values stop a
 ANNOTATION_HASH = "kubetune.io/config-hash"  # sha256 of the attempt's config.yaml
 ANNOTATION_PARAMS = "kubetune.io/trial-params"  # a trial's searched values, JSON
 COMPLETION_INDEX = "batch.kubernetes.io/job-completion-index"
+
+GPU_RESOURCE = "nvidia.com/gpu"
+TRAINER_CONTAINER = "trainer"  # the container of a trainer pod (its termination message is read)
+PVC_ROOT = "/mnt/pvc"  # every PersistentVolumeClaim is mounted at PVC_ROOT/<claim>, in every pod
 
 JOB_NAME_LIMIT = 52  # pods of an Indexed Job are named <job>-<index>-<5 random>: stay below 63
 LABEL_LIMIT = 63
@@ -106,8 +112,3 @@ class Run:
     def label_kwargs(self) -> dict[str, int]:
         """`attempt=N` or `trial=N`, for `Owner.child_meta`."""
         return {"trial" if self.trial else "attempt": self.index}
-
-
-def as_run(run: int | Run) -> Run:
-    """An attempt number, or a Run as it is."""
-    return run if isinstance(run, Run) else Run(run)

@@ -1,7 +1,8 @@
 """The FineTuneJob a child belongs to: metadata and owner references for the builders.
 
 Every child gets the same labels, the owner's full name as an annotation, and a controller
-owner reference, so `kubectl delete ftj X` garbage-collects it. Pure; used by every builder.
+owner reference, so `kubectl delete ftj X` garbage-collects it. Pure; used by every
+`finetune.build` builder and by `finetune.plan`.
 """
 
 from __future__ import annotations

@@ -1,14 +1,16 @@
-"""Status arithmetic: conditions that keep their transition time, and the minimal status patch.
+"""Status arithmetic: conditions that keep their transition time, the minimal status patch, Events.
 
 The operator owns phase, conditions, attempts, trials, output, startTime, completionTime,
 observedGeneration and message; the trainer owns progress and metrics (except in a search,
 whose trial pods report nothing: there the operator writes them too). `status_patch` compares
 only the operator's keys, so a reconcile never overwrites what the trainer reported and patches
-nothing when nothing changed. Pure; called by `plan` and `reconcile`.
+nothing when nothing changed. `Event` is what a plan (either kind's) asks `runner` to post.
+Pure; called by `finetune.plan` and its steps, `finetune.reconcile`, `serving.status` and `runner`.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -29,6 +31,15 @@ OWNED_KEYS = (
     "bestTrial",
 )
 MAX_MESSAGE = 1024
+
+
+@dataclass(frozen=True)
+class Event:
+    """A Kubernetes Event a plan asks for; `runner` posts it on the object it reconciled."""
+
+    type: Literal["Normal", "Warning"]
+    reason: str
+    message: str
 
 
 def timestamp(now: datetime) -> str:

@@ -123,8 +123,8 @@ def test_cluster_role_is_least_privilege(default: list[Obj]) -> None:
 
 def test_trainer_role_needs_nothing_the_operator_lacks(default: list[Obj]) -> None:
     """Kubernetes refuses to let the operator create a Role granting more than it holds."""
+    from kubetune_operator.finetune.build.rbac import build_role
     from kubetune_operator.owner import Owner
-    from kubetune_operator.rbac import build_role
 
     owner = Owner.of({"metadata": {"name": "x", "namespace": "ns", "uid": "u"}})
     granted = find(default, "ClusterRole", FULLNAME)["rules"]

@@ -208,8 +208,8 @@ def test_operator_image_install_steps_work_without_torch(tmp_path: Path) -> None
         [
             str(python),
             "-c",
-            "import kubetune_operator.handlers, kubetune_operator.preflight, "
-            "kubetune_api.search.sampler",
+            "import kubetune_operator.finetune.handlers, kubetune_operator.finetune.reconcile, "
+            "kubetune_operator.serving.handlers, kubetune_api.search.sampler",
         ],
         capture_output=True, text=True, cwd=tmp_path,
     )  # fmt: skip

@@ -5,7 +5,8 @@
   the volumes that make it visible in the pod (pure).
 - `builders`: the server/router Deployments and Services (pure `build_*`).
 - `status`: phase, ready count, endpoint and conditions from the Deployments (pure).
-- `reconcile`: read -> build -> server-side apply -> derive status -> patch if changed (I/O
-  through `kubetune_operator.kube` only).
-- `handlers`: the kopf registrations, attached by `kubetune_operator.handlers.register`.
+- `plan`: the plan of one reconcile (objects to apply, children to prune, the status), pure.
+- `reconcile`: the runner wiring: read -> plan -> server-side apply -> prune -> patch the status
+  if changed (I/O through `kubetune_operator.kube` only; run by `kubetune_operator.runner`).
+- `handlers`: the kopf registrations, made at import; `kubetune_operator.cli` imports them.
 """

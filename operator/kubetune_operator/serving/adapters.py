@@ -4,7 +4,7 @@ Every PersistentVolumeClaim (base model, adapter) is mounted read-only at `/mnt/
 the same layout the trainer pods use, so a FineTuneJob's `status.output.adapterPath`
 (`pvc://<claim>/<dir>/adapter`) becomes `/mnt/pvc/<claim>/<dir>/adapter` in the server.
 A model whose adapter is a FineTuneJob that has not Succeeded resolves to `Waiting`. Pure;
-called by `reconcile` (with the FineTuneJob bodies it read) and `builders`.
+called by `plan` (with the FineTuneJob bodies `reconcile` read) and `builders`.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kubetune_api.deployment import ServedModel
-from kubetune_operator.mounts import PVC_ROOT
+from kubetune_operator.names import PVC_ROOT
 
 Json = dict[str, Any]
 

@@ -6,7 +6,7 @@ maxUnavailable 0 so a new adapter never takes capacity away) and a ClusterIP Ser
 `<mdep>-<model>`. With more than one model, a router Deployment and Service `<mdep>-router`
 runs `kubetune route --backend <model>=http://<service>:<port> ...` and is the endpoint.
 The adapter path and its revision sit in the pod template's annotations, so a new adapter
-rolls the Deployment. Called by `reconcile`; builds the same objects for the same input.
+rolls the Deployment. Called by `plan`; builds the same objects for the same input.
 """
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from kubetune_api.deployment import ModelDeploymentSpec, ServedModel
+from kubetune_operator.names import GPU_RESOURCE
 from kubetune_operator.serving import names
 from kubetune_operator.serving.adapters import Resolved
 from kubetune_operator.settings import Settings
-from kubetune_operator.validation import GPU_RESOURCE
 
 Json = dict[str, Any]
 API_KEY_DIR = "/etc/kubetune/api-key"

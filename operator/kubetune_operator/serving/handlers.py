@@ -1,4 +1,4 @@
-"""kopf registrations of the ModelDeployment operator: what wakes `ServingReconciler`.
+"""kopf registrations of the ModelDeployment operator: what wakes the ModelDeployment runner.
 
 - a ModelDeployment is created, changed or found at startup;
 - a Deployment labelled `kubetune.io/modeldeployment` changes (rollout, readiness);
@@ -6,8 +6,8 @@
   through an in-memory kopf index (FineTuneJob -> ModelDeployments). Watching beats a timer:
   the roll to a new adapter starts within a second of the job's Succeeded status, and idle
   ModelDeployments cost nothing.
-Handlers return nothing (kopf would write it into the status). Attached by
-`kubetune_operator.handlers.register`.
+Handlers return nothing (kopf would write it into the status). Registered at import (kopf's
+default registry), as kopf's examples do; `cli` fills `PARTS` with the runner before kopf starts.
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ from typing import Any
 import kopf
 
 from kubetune_operator import names as ftj_names
-from kubetune_operator.kube import KubeError
+from kubetune_operator.runner import Runner
 from kubetune_operator.serving import names
-from kubetune_operator.serving.reconcile import ServingReconciler
+from kubetune_operator.state import Slot
 
 MDEP = (ftj_names.GROUP, "v1alpha1", names.PLURAL)
 FTJ = (ftj_names.GROUP, "v1alpha1", ftj_names.PLURAL)
@@ -29,6 +29,7 @@ CHILDREN: dict[str, Any] = {
     names.LABEL_MDEP: kopf.PRESENT,
     ftj_names.LABEL_MANAGED_BY: ftj_names.FIELD_MANAGER,
 }
+PARTS: Slot[Runner[None]] = Slot("the ModelDeployment handlers")
 
 
 def jobs_of(spec: Mapping[str, Any]) -> list[str]:
@@ -42,55 +43,49 @@ def jobs_of(spec: Mapping[str, Any]) -> list[str]:
     return sorted(set(found))
 
 
-def register(registry: kopf.OperatorRegistry, reconciler: ServingReconciler) -> None:
-    """Attach the ModelDeployment handlers to `registry`."""
+async def _run(key: tuple[str, str], logger: Logger | LoggerAdapter[Any] | None = None) -> None:
+    await PARTS.get().handle(key, None, logger=logger)
 
-    async def run(key: tuple[str, str], logger: Logger | LoggerAdapter[Any] | None) -> None:
-        try:
-            await reconciler.reconcile(key)
-        except KubeError as err:
-            if logger is None:
-                raise kopf.TemporaryError(str(err), delay=5) from err
-            logger.warning("reconcile of ModelDeployment %s/%s failed: %s", *key, err)
 
-    @kopf.index(*MDEP, id="mdep_by_ftj", registry=registry)
-    async def mdep_by_ftj(*, namespace: str | None, name: str, spec: kopf.Spec, **_: Any) -> Any:
-        return {(namespace, job): name for job in jobs_of(spec)} or None
+@kopf.index(*MDEP, id="mdep_by_ftj")
+async def mdep_by_ftj(*, namespace: str | None, name: str, spec: kopf.Spec, **_: Any) -> Any:
+    return {(namespace, job): name for job in jobs_of(spec)} or None
 
-    @kopf.on.create(*MDEP, id="mdep", registry=registry)
-    @kopf.on.update(*MDEP, id="mdep", registry=registry)
-    @kopf.on.resume(*MDEP, id="mdep", registry=registry)
-    async def mdep_changed(*, namespace: str | None, name: str, **_: Any) -> None:
-        await run((namespace or "", name), None)
 
-    @kopf.on.delete(*MDEP, id="mdep-forget", registry=registry, optional=True)
-    async def mdep_deleted(*, namespace: str | None, name: str, **_: Any) -> None:
-        reconciler.forget((namespace or "", name))
+@kopf.on.create(*MDEP, id="mdep")
+@kopf.on.update(*MDEP, id="mdep")
+@kopf.on.resume(*MDEP, id="mdep")
+async def mdep_changed(*, namespace: str | None, name: str, **_: Any) -> None:
+    await _run((namespace or "", name))
 
-    @kopf.on.event("apps", "v1", "deployments", id="mdep-child", labels=CHILDREN, registry=registry)
-    async def child_changed(
-        *,
-        namespace: str | None,
-        annotations: Mapping[str, str],
-        logger: Logger | LoggerAdapter[Any],
-        **_: Any,
-    ) -> None:
-        owner = annotations.get(names.ANNOTATION_MDEP)
-        if namespace and owner:
-            await run((namespace, owner), logger)
 
-    @kopf.on.event(*FTJ, id="mdep-adapter", registry=registry)
-    async def job_changed(
-        *,
-        namespace: str | None,
-        name: str,
-        logger: Logger | LoggerAdapter[Any],
-        **kwargs: Any,
-    ) -> None:
-        index: kopf.Index[tuple[str | None, str], str] = kwargs["mdep_by_ftj"]
-        for mdep in sorted(set(index.get((namespace, name), []))):
-            await run((namespace or "", mdep), logger)
+@kopf.on.delete(*MDEP, id="mdep-forget", optional=True)
+async def mdep_deleted(*, namespace: str | None, name: str, **_: Any) -> None:
+    PARTS.get().forget((namespace or "", name))
 
-    @kopf.on.cleanup(id="mdep-cleanup", registry=registry)
-    async def cleanup(**_: Any) -> None:
-        reconciler.close()
+
+@kopf.on.event("apps", "v1", "deployments", id="mdep-child", labels=CHILDREN)
+async def child_changed(
+    *,
+    namespace: str | None,
+    annotations: Mapping[str, str],
+    logger: Logger | LoggerAdapter[Any],
+    **_: Any,
+) -> None:
+    owner = annotations.get(names.ANNOTATION_MDEP)
+    if namespace and owner:
+        await _run((namespace, owner), logger)
+
+
+@kopf.on.event(*FTJ, id="mdep-adapter")
+async def job_changed(
+    *, namespace: str | None, name: str, logger: Logger | LoggerAdapter[Any], **kwargs: Any
+) -> None:
+    index: kopf.Index[tuple[str | None, str], str] = kwargs["mdep_by_ftj"]
+    for mdep in sorted(set(index.get((namespace, name), []))):
+        await _run((namespace or "", mdep), logger)
+
+
+@kopf.on.cleanup(id="mdep-cleanup")
+async def cleanup(**_: Any) -> None:
+    PARTS.get().close()

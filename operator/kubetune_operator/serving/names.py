@@ -2,7 +2,8 @@
 
 A model's Deployment and Service are `<mdep>-<model>`, the router's `<mdep>-router`; names
 that would pass the 63-character DNS label limit are shortened with a hash, as
-`kubetune_operator.names` does for FineTuneJobs. Called by `builders`, `status` and `handlers`.
+`kubetune_operator.names` does for FineTuneJobs. Called by `builders`, `plan`, `reconcile`
+and `handlers`.
 """
 
 from __future__ import annotations

@@ -1,28 +1,33 @@
-"""What one ModelDeployment should look like now: the objects to apply and the model states.
+"""What one ModelDeployment should look like now: the plan of one reconcile. Pure.
 
 `parse_spec` validates the spec (pydantic plus the operator's own rules) and raises
 `ConfigError` naming each bad field. `build_children` turns a valid spec and the FineTuneJobs
 it references into the Deployments and Services to apply, skipping models still waiting for
-their FineTuneJob. Pure; called by `reconcile`.
+their FineTuneJob. `plan_deployment` turns what `reconcile` read (`Seen`) into a `Plan`: the
+objects to apply (in order), the children to prune, and the status, derived from the applied
+Deployments as the API server answers (`Plan.desired`) or, when it rejects an object,
+`Plan.rejected`. Called by `reconcile`, which carries the plan out through `kube`.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from pydantic import ValidationError
 
-from kubetune_api.deployment import ModelDeploymentSpec
+from kubetune_api.deployment import ModelDeploymentSpec, ModelDeploymentStatus
 from kubetune_api.errors import ConfigError
 from kubetune_operator.serving import builders, names
 from kubetune_operator.serving.adapters import Waiting, resolve
-from kubetune_operator.serving.builders import MdepOwner
-from kubetune_operator.serving.status import ModelState
+from kubetune_operator.serving.builders import MdepOwner, endpoint
+from kubetune_operator.serving.status import ModelState, derive_status, failed_status, parse_status
 from kubetune_operator.settings import Settings
 
 Json = dict[str, Any]
+CHILD_KINDS = (("apps/v1", "deployments", "Deployment"), ("v1", "services", "Service"))
 QUANTITY = re.compile(r"[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+|[KMGTPE]i|[numkMGTPE])?")
 
 
@@ -119,3 +124,75 @@ def wanted_children(
     """(kind, name) of every child to keep: what is applied, and every model's Deployment."""
     wanted = {(o["kind"], o["metadata"]["name"]) for o in children.apply}
     return wanted | {("Deployment", names.child_name(mdep, m.name)) for m in spec.models}
+
+
+@dataclass(frozen=True)
+class Seen:
+    """What `reconcile` read: the ModelDeployment, its spec (or why it is invalid), the
+    FineTuneJobs it serves (name -> body or None) and its children (apiVersion, plural, body)."""
+
+    body: Json
+    spec: ModelDeploymentSpec | ConfigError
+    jobs: dict[str, Json | None] = field(default_factory=dict)
+    children: list[tuple[str, str, Json]] = field(default_factory=list)
+
+
+@dataclass
+class Plan:
+    """One reconcile: apply `apply` in order, delete `prune` (apiVersion, plural, name), then
+    patch `status` (an invalid spec: known before any write) or `desired(applied)`."""
+
+    current: ModelDeploymentStatus
+    generation: int | None
+    now: datetime
+    status: ModelDeploymentStatus | None = None
+    apply: list[Json] = field(default_factory=list)
+    prune: list[tuple[str, str, str]] = field(default_factory=list)
+    models: list[ModelState] = field(default_factory=list)
+    kept: dict[str, Json] = field(default_factory=dict)  # Deployments kept, by name
+    router: str | None = None
+    mdep: str = ""
+    endpoint: str = ""
+
+    def desired(self, applied: dict[str, Json]) -> ModelDeploymentStatus:
+        """The status given the applied Deployments (name -> as stored, status included)."""
+        models = [_with_deployment(m, applied, self.mdep) for m in self.models]
+        models = carry_over(models, self.kept, self.mdep)
+        router = applied.get(self.router) if self.router else None
+        return derive_status(self.current, models, router, self.endpoint, self.generation, self.now)
+
+    def rejected(self, obj: Json, message: str) -> ModelDeploymentStatus:
+        """Failed/Rejected: the API server refused `obj` (400/422), naming it."""
+        problem = f"the API server rejected {obj['kind']} {obj['metadata']['name']}: {message}"
+        return failed_status(self.current, [problem], self.generation, self.now, "Rejected")
+
+
+def plan_deployment(seen: Seen, settings: Settings, now: datetime) -> Plan:
+    """The plan for one ModelDeployment that exists and is not being deleted."""
+    body, spec = seen.body, seen.spec
+    meta = body["metadata"]
+    plan = Plan(parse_status(body.get("status")), meta.get("generation"), now)
+    if isinstance(spec, ConfigError):
+        plan.status = failed_status(plan.current, spec.problems, plan.generation, now)
+        return plan
+    children = build_children(MdepOwner.of(body), spec, seen.jobs, settings)
+    plan.apply, plan.models, plan.router = children.apply, children.models, children.router
+    plan.mdep, plan.endpoint = meta["name"], endpoint(meta["namespace"], meta["name"], spec)
+    wanted = wanted_children(children, spec, meta["name"])
+    for api_version, plural, obj in seen.children:
+        child = obj["metadata"]
+        if child.get("annotations", {}).get(names.ANNOTATION_MDEP) != meta["name"]:
+            continue  # another ModelDeployment whose name shortens to the same label
+        kind = next(k for v, p, k in CHILD_KINDS if (v, p) == (api_version, plural))
+        if (kind, child["name"]) not in wanted:
+            plan.prune.append((api_version, plural, child["name"]))
+        elif kind == "Deployment":
+            plan.kept[child["name"]] = obj
+    return plan
+
+
+def _with_deployment(model: ModelState, applied: dict[str, Json], mdep: str) -> ModelState:
+    if model.waiting is not None:
+        return model
+    deployment = applied.get(names.child_name(mdep, model.name))
+    return ModelState(model.name, model.replicas, model.adapter, deployment=deployment)

@@ -1,167 +1,101 @@
-"""The ModelDeployment reconcile: read, build, server-side apply, prune, derive status, patch.
+"""The ModelDeployment's runner wiring: read, plan (`plan.plan_deployment`), write through `kube`.
 
-`ServingReconciler.reconcile(key)` runs for every trigger (spec change, a child Deployment
-changed, a referenced FineTuneJob changed). Runs of one ModelDeployment are serialised and
-coalesced (triggers during a run queue one follow-up run); the blocking API calls run on a
-thread pool. The status of each Deployment comes from the answer to its apply, so a reconcile
-makes no extra reads. Events are posted on phase transitions. I/O goes through `Kube` only.
+`ModelDeployments.sync` is the `Sync` that `runner.Runner` calls for every trigger (spec change,
+a child Deployment changed, a referenced FineTuneJob changed), serialised and coalesced per
+ModelDeployment; the blocking part runs on the runner's thread pool. `read` gathers the
+ModelDeployment, the FineTuneJobs it serves and its labelled children; `write` applies the
+plan's objects in order (an object the API server rejects, 400/422, fails the ModelDeployment
+as Rejected), prunes, and patches the status derived from the answers, so a reconcile makes no
+extra reads. An Event is posted on a phase transition. Built by `cli`; the handlers reach it
+through `serving.handlers.PARTS`.
 """
 
 from __future__ import annotations
 
-import asyncio
-import logging
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any
 
 from kubetune_api.deployment import ModelDeploymentStatus
 from kubetune_api.errors import ConfigError
 from kubetune_operator import names as ftj_names
-from kubetune_operator.kube import Kube, KubeError
-from kubetune_operator.plan_types import Event
+from kubetune_operator.kube import Kube
+from kubetune_operator.runner import EventPoster, Outcome, Runner, post_event
 from kubetune_operator.serving import names
-from kubetune_operator.serving.builders import MdepOwner, endpoint
 from kubetune_operator.serving.plan import (
-    build_children,
-    carry_over,
+    CHILD_KINDS,
+    Plan,
+    Seen,
     parse_spec,
+    plan_deployment,
     referenced_jobs,
-    wanted_children,
 )
-from kubetune_operator.serving.status import (
-    ModelState,
-    derive_status,
-    failed_status,
-    parse_status,
-    status_patch,
-)
+from kubetune_operator.serving.status import status_patch, transition_event
 from kubetune_operator.settings import Settings
 
 Key = tuple[str, str]
 Json = dict[str, Any]
-EventPoster = Callable[[Json, Event], None]
-log = logging.getLogger("kubetune.operator.serving")
-CHILD_KINDS = (("apps/v1", "deployments", "Deployment"), ("v1", "services", "Service"))
 
 
-@dataclass
-class _KeyState:
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    queued: bool = False
-
-
-def transition_event(old: ModelDeploymentStatus, new: ModelDeploymentStatus) -> Event | None:
-    """An Event when the phase changes (Warning for Degraded and Failed)."""
-    if new.phase is None or new.phase == old.phase:
-        return None
-    kind: Literal["Normal", "Warning"] = (
-        "Warning" if new.phase in ("Degraded", "Failed") else "Normal"
-    )
-    ready = next((c for c in new.conditions or [] if c.type == "Ready"), None)
-    reason = ready.reason if ready is not None and ready.reason else new.phase
-    return Event(kind, reason, new.message or new.phase)
-
-
-class ServingReconciler:
-    """Carries out ModelDeployment reconciles against the API server."""
+class ModelDeployments:
+    """Plans ModelDeployments and carries the plans out; `runner` runs it per ModelDeployment."""
 
     def __init__(
-        self, kube: Kube, settings: Settings, post_event: EventPoster, workers: int = 8
+        self, kube: Kube, settings: Settings, post: EventPoster = post_event, workers: int = 8
     ) -> None:
-        self.kube, self.settings, self.post_event = kube, settings, post_event
-        self.executor = ThreadPoolExecutor(workers, thread_name_prefix="serving")
-        self.keys: dict[Key, _KeyState] = {}
+        self.kube, self.settings = kube, settings
+        self.runner: Runner[None] = Runner(
+            "ModelDeployment", self.sync, post, workers=workers, retry_every_error=True
+        )
 
-    async def reconcile(self, key: Key) -> None:
-        """Reconcile one ModelDeployment now, or once more after the run in progress."""
-        state = self.keys.setdefault(key, _KeyState())
-        if state.queued:
-            return
-        state.queued = True
-        async with state.lock:
-            state.queued = False
-            loop = asyncio.get_running_loop()
-            body, event = await loop.run_in_executor(self.executor, self.sync, key)
-        if body is not None and event is not None:
-            self.post_event(body, event)
+    async def sync(self, key: Key, full: bool, context: None) -> Outcome | None:
+        """The whole reconcile, on the thread pool (each step waits on the one before)."""
+        result: Outcome | None = await self.runner.call(self.reconcile, key)
+        return result
 
-    def forget(self, key: Key) -> None:
-        self.keys.pop(key, None)
+    def reconcile(self, key: Key) -> Outcome | None:
+        """Blocking: read, plan, write; the body after the status patch and its Event."""
+        seen = self.read(key)
+        if seen is None:
+            return None
+        plan = plan_deployment(seen, self.settings, datetime.now(UTC))
+        desired = plan.status or self.write(key, plan)
+        patch = status_patch(seen.body.get("status"), desired)
+        if not patch:
+            return Outcome(seen.body)
+        answer = self.kube.patch_modeldeployment_status(*key, patch)
+        event = transition_event(plan.current, desired) if answer is not None else None
+        return Outcome(answer, [event] if event is not None else [])
 
-    def sync(self, key: Key) -> tuple[Json | None, Event | None]:
-        """Blocking part: read, build, apply, prune, patch status; the body and an Event."""
+    def read(self, key: Key) -> Seen | None:
+        """The ModelDeployment and, for a valid spec, its FineTuneJobs and children; None when
+        it is gone or being deleted."""
         namespace, name = key
         body = self.kube.read_modeldeployment(namespace, name)
         if body is None or body["metadata"].get("deletionTimestamp"):
-            return None, None
-        current = parse_status(body.get("status"))
-        generation = body["metadata"].get("generation")
-        now = datetime.now(UTC)
+            return None
         try:
             spec = parse_spec(body.get("spec"))
         except ConfigError as err:
-            return self._finish(
-                body, current, failed_status(current, err.problems, generation, now)
-            )
+            return Seen(body, err)
         jobs = {j: self.kube.read_finetunejob(namespace, j) for j in referenced_jobs(spec)}
-        children = build_children(MdepOwner.of(body), spec, jobs, self.settings)
-        applied: dict[str, Json] = {}  # Deployment name -> as stored (status included)
-        for obj in children.apply:
-            try:
-                answer = self.kube.apply(obj)
-            except KubeError as err:
-                if err.status not in (400, 422):  # others may pass: the handler retries
-                    raise
-                problem = f"the API server rejected {obj['kind']} {obj['metadata']['name']}: "
-                failed = failed_status(
-                    current, [problem + err.message], generation, now, "Rejected"
-                )
-                return self._finish(body, current, failed)
-            if obj["kind"] == "Deployment":
-                applied[obj["metadata"]["name"]] = answer
-        existing = self._prune(namespace, name, wanted_children(children, spec, name))
-        models = [_with_deployment(m, applied, name) for m in children.models]
-        models = carry_over(models, existing, name)
-        router = applied.get(children.router) if children.router else None
-        url = endpoint(namespace, name, spec)
-        desired = derive_status(current, models, router, url, generation, now)
-        return self._finish(body, current, desired)
-
-    def _finish(
-        self, body: Json, current: ModelDeploymentStatus, desired: ModelDeploymentStatus
-    ) -> tuple[Json | None, Event | None]:
-        patch = status_patch(body.get("status"), desired)
-        if not patch:
-            return body, None
-        meta = body["metadata"]
-        answer = self.kube.patch_modeldeployment_status(meta["namespace"], meta["name"], patch)
-        return answer, transition_event(current, desired) if answer is not None else None
-
-    def _prune(self, namespace: str, name: str, wanted: set[tuple[str, str]]) -> dict[str, Json]:
-        """Delete children not `wanted` (a removed model, an unneeded router); the kept
-        Deployments by name."""
         selector = f"{names.LABEL_MDEP}={ftj_names.label_value(name)}"
-        kept: dict[str, Json] = {}
-        for api_version, plural, kind in CHILD_KINDS:
-            for obj in self.kube.list_labelled(api_version, plural, namespace, selector):
-                meta = obj["metadata"]
-                if meta.get("annotations", {}).get(names.ANNOTATION_MDEP) != name:
-                    continue  # another ModelDeployment whose name shortens to the same label
-                if (kind, meta["name"]) not in wanted:
-                    self.kube.delete_object(api_version, plural, namespace, meta["name"])
-                elif kind == "Deployment":
-                    kept[meta["name"]] = obj
-        return kept
+        children = [
+            (api_version, plural, obj)
+            for api_version, plural, _ in CHILD_KINDS
+            for obj in self.kube.list_labelled(api_version, plural, namespace, selector)
+        ]
+        return Seen(body, spec, jobs, children)
 
-    def close(self) -> None:
-        self.executor.shutdown(wait=False, cancel_futures=True)
-
-
-def _with_deployment(model: ModelState, applied: dict[str, Json], mdep: str) -> ModelState:
-    if model.waiting is not None:
-        return model
-    deployment = applied.get(names.child_name(mdep, model.name))
-    return ModelState(model.name, model.replicas, model.adapter, deployment=deployment)
+    def write(self, key: Key, plan: Plan) -> ModelDeploymentStatus:
+        """Apply in order, then prune; the desired status (Rejected when an apply was)."""
+        applied = self.kube.apply_all(plan.apply)
+        if applied.rejected is not None and applied.error is not None:
+            return plan.rejected(applied.rejected, applied.error.message)
+        for api_version, plural, name in plan.prune:
+            self.kube.delete_object(api_version, plural, key[0], name)
+        deployments = {
+            obj["metadata"]["name"]: answer
+            for obj, answer in zip(plan.apply, applied.answers, strict=True)
+            if obj["kind"] == "Deployment"
+        }
+        return plan.desired(deployments)

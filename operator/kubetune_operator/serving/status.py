@@ -4,20 +4,21 @@ Phases: Pending (a model waits for its FineTuneJob), Progressing (Deployments ro
 pods not ready yet), Available (every Deployment rolled out and all pods ready), Degraded (a
 rollout stalled past its deadline, or pods stopped being ready after a finished rollout) and
 Failed (an invalid spec). One condition, `Ready`, carries the reason (`Available`,
-`WaitingForFineTuneJob`, `Progressing`, `Degraded`, `InvalidSpec`). Pure; called by
-`reconcile`, which patches only what changed (`status_patch`).
+`WaitingForFineTuneJob`, `Progressing`, `Degraded`, `InvalidSpec`), and `transition_event` posts
+an Event when the phase changes. Pure; called by `plan`, and by `reconcile`, which patches only
+what changed (`status_patch`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from kubetune_api.deployment import ModelDeploymentStatus, ServedModelStatus
 from kubetune_api.status import Condition
 from kubetune_operator.serving.adapters import Waiting
-from kubetune_operator.status import set_condition, shorten
+from kubetune_operator.status import Event, set_condition, shorten
 
 Json = dict[str, Any]
 OWNED_KEYS = ("phase", "ready", "models", "endpoint", "conditions", "observedGeneration", "message")
@@ -145,3 +146,15 @@ def status_patch(current: Any, desired: ModelDeploymentStatus) -> Json:
     have = current if isinstance(current, dict) else {}
     want = desired.to_wire()
     return {k: want.get(k) for k in OWNED_KEYS if want.get(k) != have.get(k)}
+
+
+def transition_event(old: ModelDeploymentStatus, new: ModelDeploymentStatus) -> Event | None:
+    """An Event when the phase changes (Warning for Degraded and Failed)."""
+    if new.phase is None or new.phase == old.phase:
+        return None
+    kind: Literal["Normal", "Warning"] = (
+        "Warning" if new.phase in ("Degraded", "Failed") else "Normal"
+    )
+    ready = next((c for c in new.conditions or [] if c.type == "Ready"), None)
+    reason = ready.reason if ready is not None and ready.reason else new.phase
+    return Event(kind, reason, new.message or new.phase)

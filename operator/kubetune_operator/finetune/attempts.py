@@ -1,0 +1,133 @@
+"""How an attempt ends: success, a retry with changed settings, or the job's failure. Pure.
+
+Each function takes the plan's inputs and returns the Plan for that ending: the status (attempts
+closed with their result, conditions, output), the next attempt's children when retrying, and
+the Events. Called by `plan` (a spec.search job's trials end in `search` instead).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from kubetune_api.status import Attempt, FineTuneJobStatus, OutputStatus
+from kubetune_operator.finetune.build.children import build_children
+from kubetune_operator.finetune.build.mounts import adapter_location
+from kubetune_operator.finetune.failure import Failure
+from kubetune_operator.finetune.plan_types import Context, Plan, new_attempt, started_message
+from kubetune_operator.finetune.retry import decide_retry
+from kubetune_operator.status import Event, set_condition, shorten, timestamp
+
+
+def succeeded(ctx: Context, status: FineTuneJobStatus, attempts: list[Attempt]) -> Plan:
+    current = attempts[-1].model_copy(
+        update={"result": "Succeeded", "completion_time": timestamp(ctx.now)}
+    )
+    step = status.progress.step if status.progress else None
+    output = OutputStatus(
+        adapter_path=adapter_location(ctx.spec, ctx.owner.name), checkpoint_step=step
+    )
+    conditions = set_condition(
+        list(status.conditions or []), "Complete", True, "Succeeded", "", ctx.now
+    )
+    conditions = set_condition(conditions, "Running", False, "Completed", "", ctx.now)
+    new = status.model_copy(
+        update={
+            "phase": "Succeeded",
+            "attempts": [*attempts[:-1], current],
+            "conditions": conditions,
+            "output": output,
+            "completion_time": timestamp(ctx.now),
+            "message": f"Succeeded: adapter at {output.adapter_path}",
+        }
+    )
+    return Plan(new, events=[Event("Normal", "Succeeded", new.message or "")])
+
+
+def failed_attempt(
+    ctx: Context, status: FineTuneJobStatus, attempts: list[Attempt], failure: Failure
+) -> Plan:
+    current = attempts[-1]
+    failed = 1 + sum(1 for a in attempts[:-1] if a.result not in (None, "Suspended", "Succeeded"))
+    decision = decide_retry(ctx.spec, failure, dict(current.changes or {}), failed)
+    if not decision.retry:
+        return fail(ctx, status, attempts, failure, decision.note)
+    ended = _ended(current, failure, ctx.now)
+    note = f"{failure.reason} on attempt {current.index}: {decision.note}"
+    nxt = new_attempt(ctx, current.index + 1, decision.overrides, note)
+    conditions = set_condition(
+        list(status.conditions or []),
+        "AttemptFailed",
+        True,
+        failure.reason,
+        failure.message,
+        ctx.now,
+    )
+    new = status.model_copy(
+        update={
+            "phase": "Retrying",
+            "attempts": [*attempts[:-1], ended, nxt],
+            "conditions": conditions,
+            "output": _checkpoint_output(status, failure),
+            "message": shorten(f"Retrying: {note}"),
+        }
+    )
+    events = [
+        Event("Warning", failure.reason, _attempt_failed(current, failure)),
+        Event("Normal", "AttemptStarted", started_message(nxt)),
+    ]
+    return Plan(new, build_children(ctx.owner, ctx.spec, nxt, ctx.settings), [], events)
+
+
+def _ended(attempt: Attempt, failure: Failure, now: datetime) -> Attempt:
+    return attempt.model_copy(
+        update={
+            "result": failure.reason,
+            "message": shorten(failure.message, 512) or None,
+            "completion_time": timestamp(now),
+        }
+    )
+
+
+def _checkpoint_output(status: FineTuneJobStatus, failure: Failure) -> OutputStatus | None:
+    """The last checkpoint's step, read from its folder name (`.../step-000040`)."""
+    tail = (failure.checkpoint or "").rstrip("/").rsplit("/", 1)[-1]
+    if not tail.startswith("step-") or not tail[5:].isdigit():
+        return status.output
+    return OutputStatus(
+        adapter_path=status.output.adapter_path if status.output else None,
+        checkpoint_step=int(tail[5:]),
+    )
+
+
+def fail(
+    ctx: Context,
+    status: FineTuneJobStatus,
+    attempts: list[Attempt],
+    failure: Failure,
+    note: str,
+    delete: list[str] | None = None,
+) -> Plan:
+    message = f"{failure.reason}: {failure.message}" + (f" ({note})" if note else "")
+    conditions = set_condition(
+        list(status.conditions or []), "Failed", True, failure.reason, message, ctx.now
+    )
+    conditions = set_condition(conditions, "Running", False, failure.reason, "", ctx.now)
+    new = status.model_copy(
+        update={
+            "phase": "Failed",
+            "attempts": [*attempts[:-1], _ended(attempts[-1], failure, ctx.now)],
+            "conditions": conditions,
+            "output": _checkpoint_output(status, failure),
+            "completion_time": timestamp(ctx.now),
+            "message": shorten(f"Failed: {message}"),
+        }
+    )
+    events = [
+        Event("Warning", failure.reason, _attempt_failed(attempts[-1], failure)),
+        Event("Warning", "Failed", shorten(message, 1000)),
+    ]
+    return Plan(new, delete_jobs=delete or [], events=events)
+
+
+def _attempt_failed(attempt: Attempt, failure: Failure) -> str:
+    return f"Attempt {attempt.index} failed: {shorten(failure.message, 512)}"

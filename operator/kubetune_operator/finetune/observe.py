@@ -1,0 +1,177 @@
+"""What the children of a FineTuneJob say about the current attempt: pure reads of Job and pods.
+
+`job_snapshot` and `pod_snapshot` keep the few fields the operator needs (the handlers index
+them in memory, so reconciling reads no lists from the API server). `observe_attempt` turns the
+snapshots of one attempt into an `Observation`: Missing, Pending (Unschedulable,
+ImagePullBackOff, ...), Running, Succeeded or Failed with a `Failure` parsed from the trainer's
+termination message (`{"reason": "OutOfMemory", "exitCode": 4, "step": ..., ...}`), its exit
+code, or the container's own reason (`OOMKilled`). A search trial's children carry a trial
+label instead of an attempt label, and `succeeded_eval_loss` reads a finished trial's result
+from its pod. Called by `plan`, `search` and `handlers` (the snapshots).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from kubetune_operator import names
+from kubetune_operator.finetune.failure import EXIT_REASONS, Failure, parse_termination
+from kubetune_operator.names import TRAINER_CONTAINER
+
+# Why a pod can wait for good: these become the failure reason once pendingTimeoutSeconds passes.
+PENDING_REASONS = ("Unschedulable", "ImagePullBackOff", "ErrImagePull", "InvalidImageName")
+PULL_ERRORS = frozenset(
+    {"ImagePullBackOff", "ErrImagePull", "InvalidImageName", "CreateContainerConfigError"}
+)
+State = Literal["Missing", "Pending", "Running", "Succeeded", "Failed"]
+Json = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Observation:
+    """The current attempt as its Job and pods show it."""
+
+    state: State
+    reason: str = ""
+    message: str = ""
+    failure: Failure | None = None
+    scheduled: bool = False
+
+
+def _index(meta: Json, label: str = names.LABEL_ATTEMPT) -> int:
+    """The attempt (or trial) number a child is labelled with; -1 when it has none."""
+    try:
+        return int(meta.get("labels", {}).get(label, "-1"))
+    except ValueError:
+        return -1
+
+
+def job_snapshot(body: Json) -> Json:
+    """The fields of a Job that `observe_attempt` reads."""
+    meta, status = body.get("metadata", {}), body.get("status") or {}
+    return {
+        "name": meta.get("name"),
+        "attempt": _index(meta),
+        "trial": _index(meta, names.LABEL_TRIAL),
+        "params": meta.get("annotations", {}).get(names.ANNOTATION_PARAMS),
+        "conditions": [
+            {k: c.get(k) for k in ("type", "status", "reason", "message")}
+            for c in status.get("conditions") or []
+        ],
+    }
+
+
+def pod_snapshot(body: Json) -> Json:
+    """The fields of a trainer pod that `observe_attempt` reads."""
+    meta, spec, status = body.get("metadata", {}), body.get("spec") or {}, body.get("status") or {}
+    return {
+        "name": meta.get("name"),
+        "attempt": _index(meta),
+        "trial": _index(meta, names.LABEL_TRIAL),
+        "nodeName": spec.get("nodeName"),
+        "phase": status.get("phase", "Pending"),
+        "reason": status.get("reason"),
+        "message": status.get("message"),
+        "conditions": status.get("conditions") or [],
+        "containerStatuses": status.get("containerStatuses") or [],
+    }
+
+
+def _condition(conditions: list[Json], kind: str) -> Json:
+    return next((c for c in conditions if c.get("type") == kind), {})
+
+
+def _container(pod: Json) -> Json:
+    statuses = pod["containerStatuses"]
+    return next((c for c in statuses if c.get("name") == TRAINER_CONTAINER), {})
+
+
+def pod_failure(pod: Json) -> Failure:
+    """Why a failed pod failed: OOMKilled > the trainer's JSON reason > exit code > pod reason."""
+    state = _container(pod).get("state") or {}
+    term = state.get("terminated") or (_container(pod).get("lastState") or {}).get("terminated")
+    if not term:
+        return Failure(pod.get("reason") or "PodFailed", pod.get("message") or "")
+    parsed = parse_termination(term.get("message"))
+    code = term.get("exitCode")
+    reason = term.get("reason")
+    if reason != "OOMKilled":
+        reason = parsed.get("reason") or EXIT_REASONS.get(code or 0) or reason or "Error"
+    message = parsed.get("message") or (term.get("message") or "").strip()
+    if not message:
+        message = f"container {TRAINER_CONTAINER} exited with code {code}"
+    return Failure(reason, message, code, parsed.get("step"), parsed.get("checkpoint") or None)
+
+
+def succeeded_eval_loss(pods: list[Json]) -> float | None:
+    """The final eval loss a finished trainer wrote into its `Succeeded` termination line."""
+    for pod in pods:
+        term = (_container(pod).get("state") or {}).get("terminated") or {}
+        parsed = parse_termination(term.get("message"))
+        loss = parsed.get("evalLoss") if parsed.get("reason") == "Succeeded" else None
+        if isinstance(loss, int | float) and not isinstance(loss, bool):
+            return float(loss)
+    return None
+
+
+def _failed(pod: Json) -> bool:
+    if pod["phase"] == "Failed":
+        return True
+    term = (_container(pod).get("state") or {}).get("terminated") or {}
+    return bool(term) and term.get("exitCode", 0) != 0
+
+
+def _best_failure(pods: list[Json]) -> Failure:
+    """Several failed pods (multi-node): the most specific reason wins."""
+    failures = [pod_failure(p) for p in pods]
+    return min(
+        failures, key=lambda f: (f.reason in ("Error", "PodFailed"), f.reason != "OOMKilled")
+    )
+
+
+def _job_failure(job: Json) -> Failure | None:
+    cond = _condition(job["conditions"], "Failed")
+    if cond.get("status") != "True":
+        return None
+    reason = cond.get("reason") or "Error"
+    reason = "Error" if reason == "BackoffLimitExceeded" else reason
+    return Failure(reason, cond.get("message") or f"Job {job['name']} failed")
+
+
+def _pending(pods: list[Json]) -> Observation | None:
+    for pod in pods:
+        cond = _condition(pod["conditions"], "PodScheduled")
+        if cond.get("status") == "False":
+            reason = cond.get("reason") or "Unschedulable"
+            return Observation("Pending", reason, cond.get("message") or "")
+    for pod in pods:
+        waiting = (_container(pod).get("state") or {}).get("waiting") or {}
+        if waiting.get("reason") in PULL_ERRORS:
+            return Observation(
+                "Pending", waiting["reason"], waiting.get("message") or "", scheduled=True
+            )
+    return None
+
+
+def observe_attempt(job: Json | None, pods: list[Json], nodes: int) -> Observation:
+    """The state of one attempt from its Job and pods (snapshots)."""
+    if job is None:
+        return Observation("Missing", "JobNotFound")
+    if _condition(job["conditions"], "Complete").get("status") == "True":
+        return Observation("Succeeded", "Completed", scheduled=True)
+    failed = [p for p in pods if _failed(p)]
+    if failed:
+        return Observation("Failed", "PodFailed", failure=_best_failure(failed), scheduled=True)
+    job_failure = _job_failure(job)
+    if job_failure is not None:
+        return Observation("Failed", job_failure.reason, failure=job_failure)
+    if len([p for p in pods if p["phase"] == "Succeeded"]) >= nodes:
+        return Observation("Succeeded", "Completed", scheduled=True)
+    pending = _pending(pods)
+    if pending is not None:
+        return pending
+    bound = len([p for p in pods if p.get("nodeName")]) >= nodes
+    if bound and all(p["phase"] in ("Running", "Succeeded") for p in pods):
+        return Observation("Running", "Running", scheduled=True)
+    return Observation("Pending", "ContainerCreating" if bound else "Created", scheduled=bound)

@@ -1,0 +1,77 @@
+"""The memory pre-flight: will this FineTuneJob fit its GPUs? Pure.
+
+`check_memory` runs `kubetune estimate`'s arithmetic (`kubetune_trainer.estimate`, torch-free)
+on the attempt's resolved training settings (retry overrides included) against the memory of
+one GPU: `spec.resources.gpuMemory`, else the operator's `--gpu-memory` setting (the chart's
+`defaults.gpuMemory`). The model's shape comes from the built-in table of Qwen3 configs by
+`spec.model.name`; the operator reads no file, so another model gets an Unknown verdict.
+`plan` turns the verdict into the `MemoryFits` condition (and a Warning Event when it does not
+fit) or, with `spec.strictPreflight`, fails the job before any pod starts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from kubetune_api.finetune import FineTuneJobSpec
+from kubetune_api.trainer_config import TrainerConfig
+from kubetune_operator.finetune.retry import apply_overrides
+from kubetune_operator.finetune.topology import world_size
+from kubetune_operator.settings import Settings
+from kubetune_trainer.estimate import (
+    GIB,
+    UnknownModelError,
+    estimate_memory,
+    known_shape,
+    parse_size,
+)
+
+CONDITION = "MemoryFits"
+
+
+@dataclass(frozen=True)
+class MemoryCheck:
+    """The verdict: fits (True), does not (False) or cannot tell (None), and why."""
+
+    fits: bool | None
+    reason: Literal["Fits", "InsufficientGPUMemory", "UnknownModel"]
+    message: str
+
+
+def gpu_memory(spec: FineTuneJobSpec, settings: Settings) -> tuple[int, str] | None:
+    """Bytes of one GPU for this job and where the figure came from; None when unknown."""
+    if spec.resources.gpu_memory:
+        return parse_size(spec.resources.gpu_memory), "spec.resources.gpuMemory"
+    if settings.gpu_memory:
+        return parse_size(settings.gpu_memory), "the operator's --gpu-memory"
+    return None
+
+
+def check_memory(
+    spec: FineTuneJobSpec, overrides: dict[str, str], settings: Settings
+) -> MemoryCheck | None:
+    """The verdict for one attempt; None when there is nothing to check (no GPU, no size)."""
+    found = gpu_memory(spec, settings)
+    if found is None or spec.resources.gpus_per_node == 0:
+        return None
+    gpu, source = found
+    try:
+        shape = known_shape(spec.model.name)
+    except UnknownModelError as err:
+        return MemoryCheck(None, "UnknownModel", f"no estimate: {err}")
+    config = TrainerConfig.from_spec(spec).model_copy(
+        update={"training": apply_overrides(spec.training, overrides)}
+    )
+    est = estimate_memory(config, shape, world_size=world_size(spec))
+    need, have = est.total_bytes / GIB, gpu / GIB
+    if est.total_bytes <= gpu:
+        return MemoryCheck(True, "Fits", f"estimated peak {need:.1f} GiB of {have:.1f} GiB per GPU")
+    parts = ", ".join(f"{label} {v / GIB:.1f}" for label, v in est.rows() if v >= GIB / 10)
+    return MemoryCheck(
+        False,
+        "InsufficientGPUMemory",
+        f"estimated peak {need:.1f} GiB per GPU exceeds the {have:.1f} GiB of {source} "
+        f"({parts} GiB); lower training.microBatchSize or dataset.maxInputTokens, use "
+        "method.type qlora, or zeroStage 3 over more GPUs",
+    )

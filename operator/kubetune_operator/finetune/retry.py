@@ -1,0 +1,105 @@
+"""The retry policy: how a failed attempt's reason changes the next attempt, or ends the job.
+
+    OutOfMemory / OOMKilled  halve microBatchSize, double gradientAccumulationSteps (the effective
+                             batch stays the same); resume from the last checkpoint
+    NaNLoss                  divide the learning rate by 3 (never below 1e-6); resume from the
+                             last good checkpoint; at the floor already, stop
+    InvalidConfig / Data     never retried: the same input fails the same way
+    anything else            retried unchanged
+all within `spec.retry.maxRetries`. Overrides are cumulative and stored as strings in
+`status.attempts[].changes`, so the next attempt's config is rebuilt from the status alone.
+Pure; called by `attempts`; `apply_overrides` also by `build.config` and `preflight`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from kubetune_api.finetune import FineTuneJobSpec, TrainingSpec
+from kubetune_operator.finetune.failure import Failure
+from kubetune_operator.finetune.topology import world_size
+
+OOM_REASONS = frozenset({"OutOfMemory", "OOMKilled"})
+NAN_REASONS = frozenset({"NaNLoss"})
+FATAL_REASONS = frozenset({"InvalidConfig", "InvalidData"})
+NAN_LR_DIVISOR = 3
+MIN_LEARNING_RATE = 1e-6
+
+OVERRIDE_FIELDS = {
+    "microBatchSize": "micro_batch_size",
+    "gradientAccumulationSteps": "gradient_accumulation_steps",
+    "learningRate": "learning_rate",
+}
+
+
+@dataclass(frozen=True)
+class RetryDecision:
+    """Retry (with these cumulative overrides) or stop; `note` says what changed and why."""
+
+    retry: bool
+    overrides: dict[str, str] = field(default_factory=dict)
+    note: str = ""
+
+
+def apply_overrides(training: TrainingSpec, overrides: dict[str, str]) -> TrainingSpec:
+    """The training spec with an attempt's overrides (validated again)."""
+    if not overrides:
+        return training
+    data = training.model_dump()
+    for key, value in overrides.items():
+        attr = OVERRIDE_FIELDS[key]
+        data[attr] = float(value) if attr == "learning_rate" else int(value)
+    return TrainingSpec.model_validate(data)
+
+
+def _smaller_micro(micro: int) -> int | None:
+    """The largest proper divisor of `micro` (its half when even); None at 1."""
+    return next((d for d in range(micro // 2, 0, -1) if micro % d == 0), None)
+
+
+def _oom(spec: FineTuneJobSpec, overrides: dict[str, str]) -> RetryDecision:
+    training = apply_overrides(spec.training, overrides)
+    micro = training.resolved_micro_batch(world_size(spec))
+    smaller = _smaller_micro(micro)
+    if smaller is None:
+        return RetryDecision(
+            False, overrides, "out of memory at microBatchSize 1: nothing to halve"
+        )
+    accum = training.gradient_accumulation_steps * (micro // smaller)
+    new = {**overrides, "microBatchSize": str(smaller), "gradientAccumulationSteps": str(accum)}
+    note = (
+        f"microBatchSize {micro} -> {smaller}, gradientAccumulationSteps "
+        f"{training.gradient_accumulation_steps} -> {accum} (same effective batch)"
+    )
+    return RetryDecision(True, new, note)
+
+
+def _nan(spec: FineTuneJobSpec, overrides: dict[str, str], failure: Failure) -> RetryDecision:
+    lr = apply_overrides(spec.training, overrides).learning_rate
+    lower = max(float(f"{lr / NAN_LR_DIVISOR:.3g}"), MIN_LEARNING_RATE)
+    if lower >= lr:
+        return RetryDecision(
+            False,
+            overrides,
+            f"NaN loss at learningRate {lr:g}, already at the {MIN_LEARNING_RATE:g} floor",
+        )
+    new = {**overrides, "learningRate": f"{lower:g}"}
+    where = f"checkpoint {failure.checkpoint}" if failure.checkpoint else "the start"
+    return RetryDecision(True, new, f"learningRate {lr:g} -> {lower:g}, resuming from {where}")
+
+
+def decide_retry(
+    spec: FineTuneJobSpec, failure: Failure, overrides: dict[str, str], failed_attempts: int
+) -> RetryDecision:
+    """What to do after a failed attempt; `failed_attempts` counts this one."""
+    if failure.reason in FATAL_REASONS:
+        return RetryDecision(False, overrides, f"{failure.reason} is not retried")
+    if failed_attempts > spec.retry.max_retries:
+        return RetryDecision(
+            False, overrides, f"retries exhausted ({spec.retry.max_retries} allowed)"
+        )
+    if failure.reason in OOM_REASONS and spec.retry.on_out_of_memory:
+        return _oom(spec, overrides)
+    if failure.reason in NAN_REASONS and spec.retry.on_na_n:
+        return _nan(spec, overrides, failure)
+    return RetryDecision(True, overrides, "retrying unchanged from the last checkpoint")

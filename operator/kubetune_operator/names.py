@@ -4,7 +4,8 @@ Every child name is derived from the FineTuneJob name (and the attempt or trial 
 building the same FineTuneJob twice, or after an operator restart, names the same objects. Names
 that would exceed a Kubernetes limit are shortened with a hash suffix, still deterministically.
 Also the few names both kinds' pods share: the GPU resource, the trainer container, the PVC mount
-root. A leaf; imported by the builders (`finetune.build`, `serving.builders`), `owner`, `kube`,
+root. The API's own names (group, kinds, label keys) come from `kubetune_api.names`, re-exported
+here for the operator. Imported by the builders (`finetune.build`, `serving.builders`), `owner`, `kube`,
 `finetune.observe` (which maps children back to their owner) and `serving.names`.
 """
 
@@ -14,20 +15,22 @@ import hashlib
 import re
 from dataclasses import dataclass
 
-GROUP = "kubetune.io"
-API_VERSION = "kubetune.io/v1alpha1"
-KIND = "FineTuneJob"
-PLURAL = "finetunejobs"
-FIELD_MANAGER = "kubetune-operator"
+from kubetune_api.names import (
+    ANNOTATION_FTJ,
+    ANNOTATION_HASH,
+    ANNOTATION_PARAMS,
+    API_VERSION,
+    GROUP,
+    LABEL_ATTEMPT,
+    LABEL_FTJ,
+    LABEL_TRIAL,
+)
+from kubetune_api.names import FINETUNEJOB_KIND as KIND
+from kubetune_api.names import FINETUNEJOB_PLURAL as PLURAL
 
-LABEL_FTJ = "kubetune.io/finetunejob"  # value: label_value(name); select children with it
-LABEL_ATTEMPT = "kubetune.io/attempt"
-LABEL_TRIAL = "kubetune.io/trial"  # search trials (spec.search) instead of attempts
+FIELD_MANAGER = "kubetune-operator"
 LABEL_COMPONENT = "app.kubernetes.io/component"
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
-ANNOTATION_FTJ = "kubetune.io/finetunejob"  # the full name (label values stop at 63 characters)
-ANNOTATION_HASH = "kubetune.io/config-hash"  # sha256 of the attempt's config.yaml
-ANNOTATION_PARAMS = "kubetune.io/trial-params"  # a trial's searched values, JSON
 COMPLETION_INDEX = "batch.kubernetes.io/job-completion-index"
 
 GPU_RESOURCE = "nvidia.com/gpu"
@@ -112,3 +115,17 @@ class Run:
     def label_kwargs(self) -> dict[str, int]:
         """`attempt=N` or `trial=N`, for `Owner.child_meta`."""
         return {"trial" if self.trial else "attempt": self.index}
+
+
+__all__ = [
+    "ANNOTATION_FTJ",
+    "ANNOTATION_HASH",
+    "ANNOTATION_PARAMS",
+    "API_VERSION",
+    "GROUP",
+    "KIND",
+    "LABEL_ATTEMPT",
+    "LABEL_FTJ",
+    "LABEL_TRIAL",
+    "PLURAL",
+]

@@ -15,8 +15,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from kubetune_api.termination import EXIT_REASONS, SUCCEEDED, TerminationReason
 from kubetune_operator import names
-from kubetune_operator.finetune.failure import EXIT_REASONS, Failure, parse_termination
+from kubetune_operator.finetune.failure import Failure
 from kubetune_operator.names import TRAINER_CONTAINER
 
 # Why a pod can wait for good: these become the failure reason once pendingTimeoutSeconds passes.
@@ -93,23 +94,23 @@ def pod_failure(pod: Json) -> Failure:
     term = state.get("terminated") or (_container(pod).get("lastState") or {}).get("terminated")
     if not term:
         return Failure(pod.get("reason") or "PodFailed", pod.get("message") or "")
-    parsed = parse_termination(term.get("message"))
+    parsed = TerminationReason.parse(term.get("message")) or TerminationReason("")
     code = term.get("exitCode")
     reason = term.get("reason")
     if reason != "OOMKilled":
-        reason = parsed.get("reason") or EXIT_REASONS.get(code or 0) or reason or "Error"
-    message = parsed.get("message") or (term.get("message") or "").strip()
+        reason = parsed.reason or EXIT_REASONS.get(code or 0) or reason or "Error"
+    message = parsed.message or (term.get("message") or "").strip()
     if not message:
         message = f"container {TRAINER_CONTAINER} exited with code {code}"
-    return Failure(reason, message, code, parsed.get("step"), parsed.get("checkpoint") or None)
+    return Failure(reason, message, code, parsed.step, parsed.checkpoint or None)
 
 
 def succeeded_eval_loss(pods: list[Json]) -> float | None:
     """The final eval loss a finished trainer wrote into its `Succeeded` termination line."""
     for pod in pods:
         term = (_container(pod).get("state") or {}).get("terminated") or {}
-        parsed = parse_termination(term.get("message"))
-        loss = parsed.get("evalLoss") if parsed.get("reason") == "Succeeded" else None
+        parsed = TerminationReason.parse(term.get("message"))
+        loss = parsed.evalLoss if parsed and parsed.reason == SUCCEEDED else None
         if isinstance(loss, int | float) and not isinstance(loss, bool):
             return float(loss)
     return None

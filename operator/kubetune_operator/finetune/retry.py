@@ -16,20 +16,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from kubetune_api.finetune import FineTuneJobSpec, TrainingSpec
+from kubetune_api.termination import REASONS, ExitCode
 from kubetune_operator.finetune.failure import Failure
 from kubetune_operator.finetune.topology import world_size
 
-OOM_REASONS = frozenset({"OutOfMemory", "OOMKilled"})
-NAN_REASONS = frozenset({"NaNLoss"})
-FATAL_REASONS = frozenset({"InvalidConfig", "InvalidData"})
+OOM_REASONS = frozenset({REASONS[ExitCode.OUT_OF_MEMORY], "OOMKilled"})  # the kubelet's
+NAN_REASONS = frozenset({REASONS[ExitCode.NAN_LOSS]})
+FATAL_REASONS = frozenset({REASONS[ExitCode.INVALID_CONFIG], REASONS[ExitCode.INVALID_DATA]})
 NAN_LR_DIVISOR = 3
 MIN_LEARNING_RATE = 1e-6
-
-OVERRIDE_FIELDS = {
-    "microBatchSize": "micro_batch_size",
-    "gradientAccumulationSteps": "gradient_accumulation_steps",
-    "learningRate": "learning_rate",
-}
 
 
 @dataclass(frozen=True)
@@ -42,14 +37,12 @@ class RetryDecision:
 
 
 def apply_overrides(training: TrainingSpec, overrides: dict[str, str]) -> TrainingSpec:
-    """The training spec with an attempt's overrides (validated again)."""
-    if not overrides:
-        return training
-    data = training.model_dump()
-    for key, value in overrides.items():
-        attr = OVERRIDE_FIELDS[key]
-        data[attr] = float(value) if attr == "learning_rate" else int(value)
-    return TrainingSpec.model_validate(data)
+    """The training spec with an attempt's overrides, validated again.
+
+    Overrides are keyed by the spec's wire names (`microBatchSize`), as `status.attempts[]`
+    stores them, so they go through `with_values` like a search trial's values do.
+    """
+    return training.with_values(overrides) if overrides else training
 
 
 def _smaller_micro(micro: int) -> int | None:

@@ -8,16 +8,18 @@ and `handlers`.
 
 from __future__ import annotations
 
+from kubetune_api.names import (
+    ANNOTATION_ADAPTER,
+    ANNOTATION_ADAPTER_HASH,
+    ANNOTATION_MDEP,
+    API_VERSION,
+    LABEL_MDEP,
+    LABEL_MODEL,
+)
+from kubetune_api.names import MODELDEPLOYMENT_KIND as KIND
+from kubetune_api.names import MODELDEPLOYMENT_PLURAL as PLURAL
 from kubetune_operator import names as ftj_names
 
-KIND = "ModelDeployment"
-PLURAL = "modeldeployments"
-API_VERSION = ftj_names.API_VERSION
-LABEL_MDEP = "kubetune.io/modeldeployment"  # value: label_value(name)
-LABEL_MODEL = "kubetune.io/model"  # the model's name, or "router"
-ANNOTATION_MDEP = "kubetune.io/modeldeployment"  # the full name
-ANNOTATION_ADAPTER = "kubetune.io/adapter"  # the adapter served, on the pod template
-ANNOTATION_ADAPTER_HASH = "kubetune.io/adapter-revision"  # changes on every new adapter
 ROUTER = "router"
 NAME_LIMIT = 63
 
@@ -43,3 +45,15 @@ def labels(mdep: str, model: str) -> dict[str, str]:
 
 def selector(mdep: str, model: str) -> dict[str, str]:
     return {LABEL_MDEP: ftj_names.label_value(mdep), LABEL_MODEL: model}
+
+
+__all__ = [
+    "ANNOTATION_ADAPTER",
+    "ANNOTATION_ADAPTER_HASH",
+    "ANNOTATION_MDEP",
+    "API_VERSION",
+    "KIND",
+    "LABEL_MDEP",
+    "LABEL_MODEL",
+    "PLURAL",
+]

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from kubetune_api.termination import TerminationReason
 from kubetune_operator import names
-from kubetune_operator.finetune.failure import parse_termination
 from kubetune_operator.finetune.observe import job_snapshot, observe_attempt, pod_snapshot
 
 
@@ -146,6 +146,6 @@ def test_multi_node_prefers_the_specific_reason() -> None:
 
 
 def test_parse_termination_ignores_foreign_messages() -> None:
-    assert parse_termination("plain log text") == {}
-    assert parse_termination('["not", "ours"]') == {}
-    assert parse_termination('{"reason": "NaNLoss"}') == {"reason": "NaNLoss"}
+    assert TerminationReason.parse("plain log text") is None
+    assert TerminationReason.parse('["not", "ours"]') is None
+    assert TerminationReason.parse('{"reason": "NaNLoss"}') == TerminationReason("NaNLoss")

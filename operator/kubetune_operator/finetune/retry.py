@@ -20,7 +20,7 @@ from kubetune_api.termination import REASONS, ExitCode
 from kubetune_operator.finetune.failure import Failure
 from kubetune_operator.finetune.topology import world_size
 
-OOM_REASONS = frozenset({REASONS[ExitCode.OUT_OF_MEMORY], "OOMKilled"})  # the kubelet's
+OOM_REASONS = frozenset({REASONS[ExitCode.OUT_OF_MEMORY], "OOMKilled"})  # OOMKilled: the kubelet
 NAN_REASONS = frozenset({REASONS[ExitCode.NAN_LOSS]})
 FATAL_REASONS = frozenset({REASONS[ExitCode.INVALID_CONFIG], REASONS[ExitCode.INVALID_DATA]})
 NAN_LR_DIVISOR = 3

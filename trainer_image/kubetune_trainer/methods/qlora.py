@@ -34,49 +34,6 @@ from kubetune_api.methods.qlora import QloraTraits
 from kubetune_trainer.methods.lora import LoraMethod
 
 
-class QloraMethod(LoraMethod):
-    """LoRA over an NF4 base: 4-bit load, dequantised merge, bitsandbytes required."""
-
-    traits = METHODS[QloraTraits.name]
-
-    def problems(self, method: MethodSpec, model_config: Any, max_seq_len: int | None) -> list[str]:
-        problems = super().problems(method, model_config, max_seq_len)
-        if importlib.util.find_spec("bitsandbytes") is None:
-            problems.append(
-                "method.type 'qlora' needs the bitsandbytes package, which is not installed"
-            )
-        return problems
-
-    def load_base(
-        self,
-        name_or_path: str,
-        *,
-        dtype: torch.dtype,
-        device: torch.device,
-        attn_implementation: str,
-    ) -> PreTrainedModel:
-        """NF4 weights, `dtype` compute, placed on `device` as it loads; frozen."""
-        model = AutoModelForCausalLM.from_pretrained(
-            name_or_path,
-            dtype=dtype,
-            attn_implementation=attn_implementation,
-            quantization_config=build_bnb_config(dtype),
-            device_map={"": device},
-        )
-        prepare_quantized_base(model)
-        return model
-
-    def base_notes(self, model: PreTrainedModel) -> list[str]:
-        if is_quantized(model):
-            return []
-        return ["method.type 'qlora' on a base that is not 4-bit: this trains plain LoRA"]
-
-    def merge(self, model: PeftModel) -> PreTrainedModel:
-        """Dequantise to the compute dtype (fp32 if unknown), then merge at full precision."""
-        compute = getattr(model.config.quantization_config, "bnb_4bit_compute_dtype", None)
-        return merge_qlora(model, compute or torch.float32)
-
-
 def build_bnb_config(compute_dtype: torch.dtype) -> BitsAndBytesConfig:
     """NF4 weights with double quantisation; matmuls run in `compute_dtype`."""
     return BitsAndBytesConfig(
@@ -156,6 +113,49 @@ def _lora_deltas(model: PeftModel) -> dict[str, torch.Tensor]:
             if parts:
                 deltas[name] = torch.stack([p.float() for p in parts]).sum(0)
     return deltas
+
+
+class QloraMethod(LoraMethod):
+    """LoRA over an NF4 base: 4-bit load, dequantised merge, bitsandbytes required."""
+
+    traits = METHODS[QloraTraits.name]
+
+    def problems(self, method: MethodSpec, model_config: Any, max_seq_len: int | None) -> list[str]:
+        problems = super().problems(method, model_config, max_seq_len)
+        if importlib.util.find_spec("bitsandbytes") is None:
+            problems.append(
+                "method.type 'qlora' needs the bitsandbytes package, which is not installed"
+            )
+        return problems
+
+    def load_base(
+        self,
+        name_or_path: str,
+        *,
+        dtype: torch.dtype,
+        device: torch.device,
+        attn_implementation: str,
+    ) -> PreTrainedModel:
+        """NF4 weights, `dtype` compute, placed on `device` as it loads; frozen."""
+        model = AutoModelForCausalLM.from_pretrained(
+            name_or_path,
+            dtype=dtype,
+            attn_implementation=attn_implementation,
+            quantization_config=build_bnb_config(dtype),
+            device_map={"": device},
+        )
+        prepare_quantized_base(model)
+        return model
+
+    def base_notes(self, model: PreTrainedModel) -> list[str]:
+        if is_quantized(model):
+            return []
+        return ["method.type 'qlora' on a base that is not 4-bit: this trains plain LoRA"]
+
+    def merge(self, model: PeftModel) -> PreTrainedModel:
+        """Dequantise to the compute dtype (fp32 if unknown), then merge at full precision."""
+        compute = getattr(model.config.quantization_config, "bnb_4bit_compute_dtype", None)
+        return merge_qlora(model, compute or torch.float32)
 
 
 QLORA = QloraMethod()

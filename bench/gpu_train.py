@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from kubetune_api.finetune import MethodSpec
+from kubetune_api.methods import METHODS
 from kubetune_trainer.loss import fused_loss
 from kubetune_trainer.methods import apply_method
 from kubetune_trainer.tiny_model import qwen3_config
@@ -94,7 +95,7 @@ def flops_per_token(model: nn.Module, config: Any, seq: int) -> float:
 
 def bench(method: str, args: argparse.Namespace) -> dict[str, Any]:
     device = torch.device(args.device)
-    base = build_model(args.size, device, quantize=method == "qlora")
+    base = build_model(args.size, device, quantize=METHODS[method].quantized_base)
     if device.type == "cuda":  # peak of training only, not of building the random weights
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()

@@ -23,9 +23,10 @@ from torch.multiprocessing.reductions import StorageWeakRef
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
+from kubetune_api.memory import MemoryEstimate, estimate_memory
 from kubetune_api.trainer_config import TrainerConfig, parse_trainer_config
 from kubetune_trainer.distributed import init_runtime
-from kubetune_trainer.estimate import MemoryEstimate, estimate_memory, model_shape
+from kubetune_trainer.estimate import model_shape
 from kubetune_trainer.loss import fused_loss
 from kubetune_trainer.train import _autocast, build_model
 

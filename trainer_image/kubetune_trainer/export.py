@@ -30,6 +30,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kubetune_api.methods import METHODS
+
 DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 BITS = {"int8": 8, "int4": 4}
 REPORT_FILE = "export_report.json"
@@ -102,8 +104,9 @@ def load_merged(
 
     name = base or base_model_of(adapter_dir)
     kind, precision = trained_method(adapter_dir, method)
-    compute = torch.float32 if kind != "qlora" or precision != "bf16" else torch.bfloat16
-    spec = MethodSpec(type="qlora" if kind == "qlora" else "lora")
+    quantized = kind in METHODS and METHODS[kind].quantized_base
+    compute = torch.bfloat16 if quantized and precision == "bf16" else torch.float32
+    spec = MethodSpec.model_validate({"type": kind}) if quantized else MethodSpec()
     model = load_base_model(name, spec, dtype=compute, device="cpu")
     merged = merge_and_unload(load_adapter(model, adapter_dir))
     return merged.to(getattr(torch, DTYPES[dtype])).eval()
@@ -321,7 +324,7 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=sorted(DTYPES), default="fp32", help="unquantised tensors")
     p.add_argument(
         "--method",
-        choices=["lora", "qlora"],
+        choices=[name for name, traits in METHODS.items() if traits.mergeable],
         default=None,
         help="how the adapter was trained "
         "(default: from the run's summary.json; qlora merges onto the NF4 base)",

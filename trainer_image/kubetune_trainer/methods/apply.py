@@ -2,7 +2,8 @@
 
 The training loop calls `apply_method` once, after `load_base_model` and before sharding. It
 returns a `peft.PeftModel` (for all four methods: the bottleneck adapter is registered with peft,
-see `bottleneck.py`) whose only trainable parameters are the method's, plus a `MethodInfo`.
+see `bottleneck.py`) whose only trainable parameters are the method's, plus a `MethodInfo`. The
+method's peft config, checkpointing rule and notes about the base come from the registry.
 Gradient checkpointing, when asked for and possible, is the non-reentrant kind, which needs no
 `enable_input_require_grads` hook on the embeddings.
 """
@@ -19,12 +20,11 @@ from peft import PeftConfig, PeftModel, get_peft_model
 from transformers import PreTrainedModel
 
 from kubetune_api.finetune import MethodSpec
-from kubetune_trainer.methods.base import MethodInfo
-from kubetune_trainer.methods.bottleneck import BottleneckConfig
-from kubetune_trainer.methods.lora import build_lora_config
-from kubetune_trainer.methods.prefix import CHECKPOINTING_OFF, build_prefix_config
+from kubetune_api.methods import MethodTraits, method_notes
+from kubetune_trainer.methods.base import MethodInfo, TrainerMethod
 from kubetune_trainer.methods.qlora import count_params, is_quantized, keep_cpu_weights_trainable
-from kubetune_trainer.methods.validate import BOTTLENECK_TARGETS, check_method, method_notes
+from kubetune_trainer.methods.registry import method_for
+from kubetune_trainer.methods.validate import check_method
 
 log = logging.getLogger(__name__)
 
@@ -40,10 +40,11 @@ def apply_method(
     """
     check_method(method, model.config)
     notes = method_notes(method)
-    checkpointing = _checkpointing_for(method, gradient_checkpointing, notes)
-    _check_base(model, method, notes)
+    impl = method_for(method)
+    checkpointing = _checkpointing_for(impl.traits, gradient_checkpointing, notes)
+    _check_base(model, impl, notes)
     set_checkpointing(model, False)  # peft refuses prefix-tuning on a checkpointed model
-    peft_model = _wrap(model, build_peft_config(method))
+    peft_model = _wrap(model, impl.build_peft_config(method))
     set_checkpointing(model, checkpointing)
     trainable, total = count_params(peft_model)
     info = MethodInfo(method.type, trainable, total, checkpointing, notes)
@@ -59,16 +60,7 @@ def apply_method(
 
 def build_peft_config(method: MethodSpec) -> PeftConfig:
     """The peft config of `method` (LoRA for lora and qlora)."""
-    if method.type in ("lora", "qlora"):
-        return build_lora_config(method)
-    if method.type == "prefix-tuning":
-        return build_prefix_config(method)
-    return BottleneckConfig(
-        bottleneck_size=method.bottleneck_size,
-        adapter_dropout=method.dropout,
-        target_modules=list(BOTTLENECK_TARGETS),
-        task_type="CAUSAL_LM",
-    )
+    return method_for(method).build_peft_config(method)
 
 
 def set_checkpointing(model: PreTrainedModel, enabled: bool) -> None:
@@ -87,22 +79,22 @@ def set_checkpointing(model: PreTrainedModel, enabled: bool) -> None:
         model.gradient_checkpointing_disable()
 
 
-def _checkpointing_for(method: MethodSpec, requested: bool, notes: list[str]) -> bool:
-    """Checkpointing as requested, except for prefix-tuning (off, with a warning)."""
-    if method.type == "prefix-tuning" and requested:
-        log.warning(CHECKPOINTING_OFF)
-        notes.append(CHECKPOINTING_OFF)
+def _checkpointing_for(traits: MethodTraits, requested: bool, notes: list[str]) -> bool:
+    """Checkpointing as requested, unless the method cannot use it (off, with a warning)."""
+    if requested and not traits.gradient_checkpointing:
+        log.warning(traits.checkpointing_off)
+        notes.append(traits.checkpointing_off)
         return False
     return requested
 
 
-def _check_base(model: PreTrainedModel, method: MethodSpec, notes: list[str]) -> None:
-    """Keep a 4-bit base differentiable on the CPU; say so when qlora gets a full base."""
+def _check_base(model: PreTrainedModel, impl: TrainerMethod, notes: list[str]) -> None:
+    """Keep a 4-bit base differentiable on the CPU; log what the method says of its base."""
     if is_quantized(model):
         keep_cpu_weights_trainable(model)
-    elif method.type == "qlora":
-        notes.append("method.type 'qlora' on a base that is not 4-bit: this trains plain LoRA")
-        log.warning(notes[-1])
+    for note in impl.base_notes(model):
+        notes.append(note)
+        log.warning(note)
 
 
 def _wrap(model: PreTrainedModel, config: PeftConfig) -> PeftModel:

@@ -24,11 +24,12 @@ from peft.config import PeftConfig
 from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer
 from torch import nn
 
+from kubetune_api.methods.adapter import TARGETS
 from kubetune_trainer.methods.base import MergeNotSupportedError
 
 PEFT_TYPE = "KUBETUNE_BOTTLENECK"
 PREFIX = "bottleneck_"
-DEFAULT_TARGETS = ["o_proj", "down_proj"]
+DEFAULT_TARGETS = list(TARGETS)
 NONLINEARITIES = {"silu": nn.SiLU, "gelu": nn.GELU, "relu": nn.ReLU, "tanh": nn.Tanh}
 
 

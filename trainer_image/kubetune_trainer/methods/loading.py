@@ -1,7 +1,8 @@
 """Load the base model a method trains: full precision for lora/adapter/prefix, NF4 for qlora.
 
 The training loop and `kubetune export` call `load_base_model`; it checks the method against the
-model's `config.json` first, so configuration errors come before the weights load. A local
+model's `config.json` first, so configuration errors come before the weights load, then lets the
+method load the weights (`TrainerMethod.load_base`; qlora's is in `qlora.py`). A local
 directory or a hub id both work (the hub token comes from HF_TOKEN). The base comes back
 frozen and on `device`.
 """
@@ -9,10 +10,10 @@ frozen and on `device`.
 from __future__ import annotations
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
+from transformers import AutoConfig, PreTrainedModel
 
 from kubetune_api.finetune import MethodSpec
-from kubetune_trainer.methods.qlora import build_bnb_config, prepare_quantized_base
+from kubetune_trainer.methods.registry import method_for
 from kubetune_trainer.methods.validate import check_method
 
 
@@ -26,22 +27,12 @@ def load_base_model(
 ) -> PreTrainedModel:
     """The frozen base model for `method`, in `dtype` (qlora: NF4 weights, `dtype` compute)."""
     check_method(method, AutoConfig.from_pretrained(name_or_path))
-    device = _indexed(torch.device(device))
-    if method.type == "qlora":
-        model = AutoModelForCausalLM.from_pretrained(
-            name_or_path,
-            dtype=dtype,
-            attn_implementation=attn_implementation,
-            quantization_config=build_bnb_config(dtype),
-            device_map={"": device},
-        )
-        prepare_quantized_base(model)
-        return model
-    model = AutoModelForCausalLM.from_pretrained(
-        name_or_path, dtype=dtype, attn_implementation=attn_implementation
+    return method_for(method).load_base(
+        name_or_path,
+        dtype=dtype,
+        device=_indexed(torch.device(device)),
+        attn_implementation=attn_implementation,
     )
-    model.requires_grad_(False)
-    return model.to(device)  # type: ignore[arg-type]  # transformers wraps `to`; mypy misreads it
 
 
 def _indexed(device: torch.device) -> torch.device:

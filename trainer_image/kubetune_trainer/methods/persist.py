@@ -6,24 +6,24 @@ Callers: the training loop (`save_adapter` at the end, `trainable_state_dict` /
 (`adapter_config.json` + `adapter_model.safetensors`) for all four methods, with the tokenizer
 files and chat template beside it, so `PeftModel.from_pretrained(base, dir)` reads it once
 `kubetune_trainer.methods` is imported (that registers the bottleneck adapter with peft).
+Saving and merging go through the method that made the adapter (`registry.loaded_method`):
+prefix-tuning saves a gathered state dict itself, qlora merges onto a dequantised base, the
+bottleneck adapter and prefix-tuning refuse to merge.
 """
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 
 import torch
 from peft import PeftModel
-from peft.utils import SAFETENSORS_WEIGHTS_NAME
-from safetensors.torch import save_file
 from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from kubetune_trainer.methods.apply import quiet_peft_deprecations
-from kubetune_trainer.methods.base import MergeNotSupportedError
-from kubetune_trainer.methods.bottleneck import PEFT_TYPE as BOTTLENECK_PEFT_TYPE
-from kubetune_trainer.methods.qlora import is_quantized, keep_cpu_weights_trainable, merge_qlora
+from kubetune_trainer.methods.base import TrainerMethod
+from kubetune_trainer.methods.qlora import is_quantized, keep_cpu_weights_trainable
+from kubetune_trainer.methods.registry import loaded_method
 
 
 def save_adapter(
@@ -40,10 +40,7 @@ def save_adapter(
     """
     peft_model = _as_peft(model)
     out_dir.mkdir(parents=True, exist_ok=True)
-    if state_dict is not None and peft_model.active_peft_config.is_prompt_learning:
-        _save_prefix(peft_model, out_dir, state_dict)
-    else:
-        peft_model.save_pretrained(str(out_dir), state_dict=state_dict)
+    _method_of(peft_model).save(peft_model, out_dir, state_dict)
     if tokenizer is not None:
         tokenizer.save_pretrained(str(out_dir))
 
@@ -73,22 +70,7 @@ def merge_and_unload(model: nn.Module) -> PreTrainedModel:
     (its prefix is not a weight): serve those with the adapter attached instead.
     """
     peft_model = _as_peft(model)
-    config = peft_model.active_peft_config
-    if config.is_prompt_learning:
-        raise MergeNotSupportedError(
-            "prefix-tuning (method.type 'prefix-tuning') cannot be merged into the base weights: "
-            "its learned prefix is fed as a KV cache, not a weight; serve it with the adapter"
-        )
-    if config.peft_type == BOTTLENECK_PEFT_TYPE:
-        raise MergeNotSupportedError(
-            "the bottleneck adapter (method.type 'adapter') cannot be merged into the base "
-            "weights: it is nonlinear; serve it with the adapter"
-        )
-    if is_quantized(peft_model):
-        compute = getattr(peft_model.config.quantization_config, "bnb_4bit_compute_dtype", None)
-        return merge_qlora(peft_model, compute or torch.float32)
-    merged: PreTrainedModel = peft_model.merge_and_unload()
-    return merged
+    return _method_of(peft_model).merge(peft_model)
 
 
 def trainable_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -117,16 +99,8 @@ def load_trainable_state_dict(model: nn.Module, state: dict[str, torch.Tensor]) 
             param.copy_(state[name])
 
 
-def _save_prefix(model: PeftModel, out_dir: Path, state_dict: dict[str, torch.Tensor]) -> None:
-    """peft saves a prefix from the live (maybe sharded) module and ignores `state_dict`."""
-    key = f"prompt_encoder.{model.active_adapter}.embedding.weight"
-    if key not in state_dict:
-        raise KeyError(f"state_dict has no {key!r}, the prefix-tuning weights")
-    config = copy.deepcopy(model.active_peft_config)
-    config.inference_mode = True
-    config.save_pretrained(str(out_dir))
-    tensors = {"prompt_embeddings": state_dict[key].detach().cpu().contiguous()}
-    save_file(tensors, str(out_dir / SAFETENSORS_WEIGHTS_NAME), metadata={"format": "pt"})
+def _method_of(model: PeftModel) -> TrainerMethod:
+    return loaded_method(model.active_peft_config, quantized=is_quantized(model))
 
 
 def _as_peft(model: nn.Module) -> PeftModel:

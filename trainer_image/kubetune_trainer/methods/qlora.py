@@ -1,8 +1,12 @@
-"""QLoRA's 4-bit base: the bitsandbytes config, training preparation, and dequantised merging.
+"""QLoRA: LoRA on a 4-bit base; the bitsandbytes config, training preparation, dequantised merge.
 
-`load_base_model` uses `build_bnb_config` and `prepare_quantized_base`; `merge_and_unload` uses
-`merge_qlora`. Unlike `peft.prepare_model_for_kbit_training`, preparation here only freezes the
-base: it neither casts the non-quantised weights to fp32 (on Qwen3-8B that would add ~5 GB for
+`QLORA` is the registry's entry for `method.type` qlora: LoRA's config and checks (plus the
+bitsandbytes package), a base loaded with `build_bnb_config` and `prepare_quantized_base`, and
+`merge_qlora` for merging. `apply_method` and `load_adapter` call `keep_cpu_weights_trainable`
+on any 4-bit base, and `is_quantized` / `count_params` are used across the package.
+
+Unlike `peft.prepare_model_for_kbit_training`, preparation here only freezes the base: it
+neither casts the non-quantised weights to fp32 (on Qwen3-8B that would add ~5 GB for
 the embedding and output head; Qwen3's RMSNorm already computes in fp32) nor turns on gradient
 checkpointing (`apply_method` decides that, from `training.gradientCheckpointing`).
 bitsandbytes >= 0.48 runs 4-bit layers on the CPU too, which the unit tests use. One trap there
@@ -15,13 +19,19 @@ turns that repacking off and undoes it.
 
 from __future__ import annotations
 
+import importlib.util
 from typing import Any
 
 import torch
 from peft import PeftModel
 from peft.tuners.lora import LoraLayer
 from torch import nn
-from transformers import BitsAndBytesConfig, PreTrainedModel
+from transformers import AutoModelForCausalLM, BitsAndBytesConfig, PreTrainedModel
+
+from kubetune_api.finetune import MethodSpec
+from kubetune_api.methods import METHODS
+from kubetune_api.methods.qlora import QloraTraits
+from kubetune_trainer.methods.lora import LoraMethod
 
 
 def build_bnb_config(compute_dtype: torch.dtype) -> BitsAndBytesConfig:
@@ -103,3 +113,49 @@ def _lora_deltas(model: PeftModel) -> dict[str, torch.Tensor]:
             if parts:
                 deltas[name] = torch.stack([p.float() for p in parts]).sum(0)
     return deltas
+
+
+class QloraMethod(LoraMethod):
+    """LoRA over an NF4 base: 4-bit load, dequantised merge, bitsandbytes required."""
+
+    traits = METHODS[QloraTraits.name]
+
+    def problems(self, method: MethodSpec, model_config: Any, max_seq_len: int | None) -> list[str]:
+        problems = super().problems(method, model_config, max_seq_len)
+        if importlib.util.find_spec("bitsandbytes") is None:
+            problems.append(
+                "method.type 'qlora' needs the bitsandbytes package, which is not installed"
+            )
+        return problems
+
+    def load_base(
+        self,
+        name_or_path: str,
+        *,
+        dtype: torch.dtype,
+        device: torch.device,
+        attn_implementation: str,
+    ) -> PreTrainedModel:
+        """NF4 weights, `dtype` compute, placed on `device` as it loads; frozen."""
+        model = AutoModelForCausalLM.from_pretrained(
+            name_or_path,
+            dtype=dtype,
+            attn_implementation=attn_implementation,
+            quantization_config=build_bnb_config(dtype),
+            device_map={"": device},
+        )
+        prepare_quantized_base(model)
+        return model
+
+    def base_notes(self, model: PreTrainedModel) -> list[str]:
+        if is_quantized(model):
+            return []
+        return ["method.type 'qlora' on a base that is not 4-bit: this trains plain LoRA"]
+
+    def merge(self, model: PeftModel) -> PreTrainedModel:
+        """Dequantise to the compute dtype (fp32 if unknown), then merge at full precision."""
+        compute = getattr(model.config.quantization_config, "bnb_4bit_compute_dtype", None)
+        return merge_qlora(model, compute or torch.float32)
+
+
+QLORA = QloraMethod()

@@ -9,7 +9,6 @@ from transformers import LlamaConfig, Qwen3Config
 
 from kubetune_api.finetune import MethodSpec
 from kubetune_trainer.methods import MethodConfigError, check_method, validate_method
-from kubetune_trainer.methods.validate import method_notes
 
 
 def tiny_config(**overrides: Any) -> Qwen3Config:
@@ -124,9 +123,3 @@ def test_check_method_raises_with_all_problems() -> None:
     assert len(err.value.problems) == 2
     assert "method.rank (512)" in str(err.value) and "'foo'" in str(err.value)
     assert isinstance(err.value, ValueError)
-
-
-def test_notes_name_fields_the_method_ignores() -> None:
-    method = MethodSpec.model_validate({"type": "adapter", "rank": 4, "bottleneckSize": 8})
-    assert method_notes(method) == ["method.rank is ignored by method.type 'adapter'"]
-    assert method_notes(MethodSpec(type="adapter")) == []

@@ -14,7 +14,7 @@ from torch import nn
 
 from kubetune_api.finetune import MethodSpec
 from kubetune_trainer.methods import MethodConfigError, apply_method, load_base_model
-from kubetune_trainer.methods.validate import module_shapes
+from kubetune_trainer.methods.lora import module_shapes
 
 SPECS = {
     "lora": MethodSpec(type="lora", rank=4, dropout=0.0),

@@ -22,6 +22,7 @@ import os
 import sys
 from collections.abc import Sequence
 
+from kubetune_api.memory import parse_size
 from kubetune_operator.settings import Settings, parse_tolerations
 
 
@@ -76,8 +77,6 @@ def settings_from(args: argparse.Namespace) -> Settings:
     if args.gpu_memory:
         settings = dataclasses.replace(settings, gpu_memory=args.gpu_memory)
     if settings.gpu_memory:
-        from kubetune_trainer.estimate import parse_size
-
         parse_size(settings.gpu_memory)  # a bad size is a ValueError here, not in every reconcile
     return settings
 

@@ -1,6 +1,6 @@
 """The memory pre-flight: will this FineTuneJob fit its GPUs? Pure.
 
-`check_memory` runs `kubetune estimate`'s arithmetic (`kubetune_trainer.estimate`, torch-free)
+`check_memory` runs `kubetune estimate`'s arithmetic (`kubetune_api.memory`, torch-free)
 on the attempt's resolved training settings (retry overrides included) against the memory of
 one GPU: `spec.resources.gpuMemory`, else the operator's `--gpu-memory` setting (the chart's
 `defaults.gpuMemory`). The model's shape comes from the built-in table of Qwen3 configs by
@@ -15,17 +15,11 @@ from dataclasses import dataclass
 from typing import Literal
 
 from kubetune_api.finetune import FineTuneJobSpec
+from kubetune_api.memory import GIB, UnknownModelError, estimate_memory, known_shape, parse_size
 from kubetune_api.trainer_config import TrainerConfig
 from kubetune_operator.finetune.retry import apply_overrides
 from kubetune_operator.finetune.topology import world_size
 from kubetune_operator.settings import Settings
-from kubetune_trainer.estimate import (
-    GIB,
-    UnknownModelError,
-    estimate_memory,
-    known_shape,
-    parse_size,
-)
 
 CONDITION = "MemoryFits"
 

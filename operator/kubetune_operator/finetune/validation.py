@@ -15,6 +15,7 @@ from pydantic import ValidationError
 
 from kubetune_api.errors import ConfigError
 from kubetune_api.finetune import DataSource, FineTuneJobSpec
+from kubetune_api.methods import gpu_problems
 from kubetune_operator.finetune.topology import world_size
 from kubetune_operator.names import GPU_RESOURCE
 
@@ -84,10 +85,7 @@ def _resource_problems(spec: FineTuneJobSpec) -> list[str]:
                 f"spec.resources.resources.{kind}: set GPUs with spec.resources.gpusPerNode, "
                 f"not {GPU_RESOURCE}"
             )
-    if spec.method.type == "qlora" and res.gpus_per_node == 0:
-        problems.append(
-            "spec.method.type: qlora needs a GPU (4-bit bitsandbytes), got gpusPerNode 0"
-        )
+    problems += gpu_problems(spec.method, res.gpus_per_node)
     return problems
 
 

@@ -24,11 +24,6 @@ ALLOWED_TABLES = {
     # ms-swift's `peft_method` names mapped to ours: a translation table, not a branch
     "operator/kubetune_api/trainer_config.py",
 }
-PENDING = {
-    # qlora needs a GPU: `problems += gpu_problems(spec.method, res.gpus_per_node)` replaces the
-    # branch when the operator's restructuring (issue 10) lands; then drop this entry
-    "operator/kubetune_operator/validation.py",
-}
 
 
 def test_every_method_type_has_traits() -> None:
@@ -106,7 +101,7 @@ def offenders() -> dict[str, list[int]]:
 
 def test_no_method_type_branch_outside_the_registries() -> None:
     found = offenders()
-    assert set(found) == PENDING, (
+    assert not found, (
         f"branch on method.type here: ask kubetune_api.methods.METHODS or "
         f"kubetune_trainer.methods.TRAINER_METHODS instead: {found}"
     )

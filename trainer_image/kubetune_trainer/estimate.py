@@ -21,24 +21,10 @@ from kubetune_api.memory import (
     GIB,
     MemoryEstimate,
     ModelShape,
-    UnknownModelError,
     estimate_memory,
     known_shape,
     parse_size,
 )
-
-# The operator's pre-flight and CLI import GIB, UnknownModelError, estimate_memory, known_shape
-# and parse_size from here until they import them from kubetune_api.memory (issue 10).
-__all__ = [
-    "GIB",
-    "UnknownModelError",
-    "build_parser",
-    "estimate_memory",
-    "known_shape",
-    "main",
-    "model_shape",
-    "parse_size",
-]
 
 
 def model_shape(name_or_path: str) -> ModelShape:

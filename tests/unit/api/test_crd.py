@@ -10,7 +10,7 @@ import yaml
 
 from kubetune_api.crd import all_crds, render, render_chart_template
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 @pytest.mark.parametrize("name", sorted(all_crds()))

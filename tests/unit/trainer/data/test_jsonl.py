@@ -13,8 +13,8 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase
 from kubetune_api.finetune import DatasetSpec
 from kubetune_trainer.data import DataError, file_sha256, load_examples
 
-FIXTURES = Path(__file__).parent / "data"
-SAMPLES = Path(__file__).parents[2] / "examples" / "data"
+FIXTURES = Path(__file__).parent / "fixtures"
+SAMPLES = Path(__file__).parents[4] / "examples" / "data"
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase
 from kubetune_api.finetune import DatasetSpec
 from kubetune_trainer.data import BatchingMode, load_examples, plan_batches, plan_padding_fraction
 
-SAMPLES = Path(__file__).parents[2] / "examples" / "data"
+SAMPLES = Path(__file__).parents[4] / "examples" / "data"
 SEED_LINE = (
     '{"input": "用户：如何申请信用卡？\\nAI助手：", "target": "您可通过银行官网、手机APP或线下网点'
     '提交申请，需准备身份证、收入证明等材料。"}'

@@ -12,7 +12,7 @@ from kubetune_api.finetune import DatasetSpec
 from kubetune_trainer.data import IGNORE_INDEX, ChatEncoder, Example, load_examples
 from kubetune_trainer.data.jsonl import Row, RowError, Turn
 
-SAMPLES = Path(__file__).parents[2] / "examples" / "data"
+SAMPLES = Path(__file__).parents[4] / "examples" / "data"
 SEED_INPUT = "用户：如何申请信用卡？\nAI助手："
 SEED_TARGET = "您可通过银行官网、手机APP或线下网点提交申请，需准备身份证、收入证明等材料。"
 GENERATION_TAIL = "<|im_start|>assistant\n<think>\n\n</think>\n\n"

@@ -7,7 +7,7 @@ from pathlib import Path
 from kubetune_api.crd import all_crds
 from kubetune_api.docs import render, walk
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def test_committed_reference_matches_generated() -> None:

@@ -3,7 +3,7 @@
 One definition of the strings the operator, the trainer, the server and the CRD generator all
 agree on. Label and annotation keys are part of the contract too: users select children with
 them (`kubectl get jobs -l kubetune.io/finetunejob=NAME`) and the operator maps children back to
-their owner by them. Imported by `kubetune_api.crd`, the operator's `names` modules, the
+their owner by them. Imported by `kubetune_api.structural` (the CRDs), the operator's `names` modules, the
 trainer's status reporter and the server's adapter lookup; imports nothing.
 """
 

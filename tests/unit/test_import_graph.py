@@ -1,24 +1,20 @@
 """The import graph of our packages: which way imports point, and no circles.
 
-Every import counts, at module level or inside a function (a lazy import that breaks a circle
-at run time still ties the two modules together), and so do imports under TYPE_CHECKING. The
-rules (docs/architecture.md): `kubetune_api` is the shared leaf and imports none of ours; the
-operator never imports the trainer or the server; the trainer and the server never import
-the operator. Read with `ast`, so nothing is imported (and torch is never loaded) to check.
+The rules (docs/architecture.md): `kubetune_api` is the shared leaf and imports none of ours;
+the operator never imports the trainer or the server; the trainer and the server never import
+the operator; no module imports itself back through others. The graph is `unit.import_graph`
+(every import counts, lazy and TYPE_CHECKING ones included).
 """
 
 from __future__ import annotations
 
-import ast
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-ROOTS = (REPO / "operator", REPO / "trainer_image")
-OURS = ("kubetune_api", "kubetune_operator", "kubetune_cli", "kubetune_trainer", "kubetune_server")
+from unit.import_graph import GRAPH, MODULES, REPO
+
 # package -> packages of ours it must never import (kubetune_cli dispatches to all, lazily).
 FORBIDDEN = {
     "kubetune_api": {"kubetune_operator", "kubetune_cli", "kubetune_trainer", "kubetune_server"},
@@ -26,41 +22,6 @@ FORBIDDEN = {
     "kubetune_trainer": {"kubetune_operator", "kubetune_cli", "kubetune_server"},
     "kubetune_server": {"kubetune_operator", "kubetune_cli"},
 }
-
-
-def _modules() -> dict[str, Path]:
-    found: dict[str, Path] = {}
-    for root in ROOTS:
-        for path in root.rglob("*.py"):
-            parts = path.relative_to(root).with_suffix("").parts
-            if parts[0] not in OURS:
-                continue
-            name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
-            found[name] = path
-    return found
-
-
-MODULES = _modules()
-
-
-def _imports(name: str, path: Path) -> set[str]:
-    """Our modules that `name` imports (`from pkg import mod` resolves to pkg.mod)."""
-    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
-    out: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-        if isinstance(node, ast.Import):
-            out.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
-                base = ".".join([*anchor, base] if base else anchor)
-            out.add(base)
-            out.update(f"{base}.{alias.name}" for alias in node.names)
-    return {m for m in out if m in MODULES and m != name}
-
-
-GRAPH = {name: _imports(name, path) for name, path in MODULES.items()}
 
 
 def _cycle() -> list[str] | None:

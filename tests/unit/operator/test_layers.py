@@ -1,52 +1,21 @@
 """The operator's import graph: no circles, at most 8 floors, kinds never import each other.
 
 Floors count modules on the longest chain of `kubetune_operator` imports (function-level ones
-included): a module that imports none of ours is floor 1. Read from the source with `ast`, so
-nothing is imported.
+included; package `__init__`s left out): a module that imports none of ours is floor 1. The
+graph is `unit.import_graph`, read from the source with `ast`.
 """
 
 from __future__ import annotations
 
-import ast
 import functools
-from pathlib import Path
 
 import pytest
 
-import kubetune_operator
+from unit.import_graph import subgraph
 
-ROOT = Path(kubetune_operator.__file__).parent
 PACKAGE = "kubetune_operator"
 MAX_FLOORS = 8
-
-
-def _modules() -> dict[str, Path]:
-    found = {}
-    for path in ROOT.rglob("*.py"):
-        parts = (PACKAGE, *path.relative_to(ROOT).with_suffix("").parts)
-        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
-        found[name] = path
-    return found
-
-
-MODULES = _modules()
-
-
-def _imports(name: str) -> set[str]:
-    """The modules of ours `name` imports (`from pkg import mod` counts as `pkg.mod`)."""
-    out: set[str] = set()
-    for node in ast.walk(ast.parse(MODULES[name].read_text(encoding="utf-8"))):
-        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            for alias in node.names:
-                sub = f"{node.module}.{alias.name}"
-                out.add(sub if sub in MODULES else node.module)
-        elif isinstance(node, ast.Import):
-            out.update(alias.name for alias in node.names)
-    packages = {m for m, p in MODULES.items() if p.name == "__init__.py"}
-    return {m for m in out if m in MODULES and m != name and m not in packages}
-
-
-GRAPH = {name: _imports(name) for name in MODULES}
+GRAPH = subgraph(PACKAGE)
 
 
 @functools.cache

@@ -58,7 +58,9 @@ class FakeEngine:
     def max_new_tokens_for(self, prompt_len: int, requested: int) -> int:
         return max(0, min(requested, self.context_length - prompt_len))
 
-    def generate(self, jobs: list[GenerationJob], emit: Callable[[int, int], bool]) -> list[str]:
+    def generate(
+        self, jobs: list[GenerationJob], emit: Callable[[int, int], bool], samplers: Any = None
+    ) -> list[str]:
         self.gate.wait(30)
         if self.fail:
             raise RuntimeError("boom")

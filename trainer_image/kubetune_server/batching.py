@@ -214,8 +214,9 @@ def _with_sampler(ticket: Ticket) -> bool:
     """Build the ticket's sampler; on bad parameters fail the ticket alone (False)."""
     try:
         ticket.sampler = RowSampler(ticket.job.params)
-    except SamplingError as err:
-        ticket.fail(f"invalid sampling parameters: {err}", err.status, "invalid_sampling_params")
+    except Exception as err:  # SamplingError, or anything else these parameters provoke
+        status = err.status if isinstance(err, SamplingError) else 400
+        ticket.fail(f"invalid sampling parameters: {err}", status, "invalid_sampling_params")
         return False
     return True
 

@@ -58,7 +58,7 @@ class RowSampler:
         seed = self.params.seed if self.params.seed is not None else secrets.randbits(63)
         try:
             self.generator.manual_seed(seed)
-        except (RuntimeError, OverflowError) as err:
+        except (RuntimeError, OverflowError, ValueError) as err:
             raise SamplingError(f"seed must fit in 64 bits, got {seed}") from err
 
     def pick(self, logits: torch.Tensor) -> int:

@@ -192,7 +192,8 @@ def test_a_poisoned_request_through_the_router_fails_alone_and_is_not_retried(
     with ThreadPoolExecutor(4) as pool:
         *served, refused = pool.map(lambda b: post(url, b), [*good, poisoned])
     assert [a.status_code for a in served] == [200, 200, 200]
-    assert refused.status_code == 400 and "seed" in refused.json()["error"]["message"]
+    assert refused.status_code == 400
+    assert refused.json()["error"]["message"].startswith("temperature: must be 0 (greedy)")
     assert metric_value(url, "kubetune_router_backend_failures_total") == 0
 
 
@@ -203,7 +204,7 @@ def test_a_4xx_from_the_chosen_backend_is_passed_through_not_retried(
     url, large = stack["router"].url, stack["large"].url
     large_before = backend_requests(large, 400)
     small_before = backend_requests(stack["small"].url, 400)
-    answer = post(url, chat("信用卡" * 400))
+    answer = post(url, chat("信用卡" * 800))  # ~830 tokens
     assert answer.status_code == 400, answer.text
     assert answer.json()["error"]["code"] == "context_length_exceeded"
     assert answer.headers["x-kubetune-backend"] == "small"

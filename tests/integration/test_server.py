@@ -275,11 +275,18 @@ def test_a_poisoned_request_fails_alone_and_its_batch_mates_are_served(
         alone = [ask(c, b).json()["choices"][0]["token_ids"] for b in good]
         with ThreadPoolExecutor(4) as pool:
             answers = list(pool.map(lambda b: ask(c, b), [*good, chat(PROMPTS[3], **POISON)]))
+        seed_alone = ask(c, chat(PROMPTS[3], seed=2**70)).json()["error"]["message"]
     *served, poisoned = answers
     assert [a.status_code for a in served] == [200, 200, 200], [a.text for a in served]
     assert [a.json()["choices"][0]["token_ids"] for a in served] == alone
     assert poisoned.status_code == 400
-    assert poisoned.json()["error"]["message"].startswith("seed: Input should be less than")
+    # pydantic reports the first bad field in declaration order: temperature, then seed
+    message = poisoned.json()["error"]["message"]
+    assert message == "temperature: must be 0 (greedy) or at least 0.01, got 1e-45.", message
+    assert seed_alone == (
+        "seed: Input should be less than or equal to 18446744073709551615, "
+        "got 1180591620717411303424."
+    ), seed_alone
 
 
 def test_the_batcher_isolates_poison_that_skipped_validation(tiny_model_dir: Path) -> None:

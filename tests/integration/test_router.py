@@ -4,6 +4,7 @@ Backends: `large` and `small` serve the same tiny Qwen3 under different names (t
 `model` and the `x-kubetune-backend` header say who answered); `broken` is a real server whose
 model cannot load, so it answers 503; `dead` is a port nobody listens on. Routers: a healthy one,
 one whose large backend is dead (connection refused) and one whose large backend is broken (5xx).
+A request the backends refuse (4xx) is the client's answer, never retried on the other model.
 """
 
 from __future__ import annotations
@@ -173,3 +174,40 @@ def test_calibrate_prints_the_threshold_table(
     assert "<- picked" in out and "pick: " in out
     # large and small are the same model here, so nothing needs the large one.
     assert "send everything to small" in out
+
+
+def backend_requests(url: str, status: int) -> float:
+    prefix = f'kubetune_requests_total{{endpoint="/v1/chat/completions",status="{status}"}}'
+    return metric_value(url, prefix)
+
+
+def test_a_poisoned_request_through_the_router_fails_alone_and_is_not_retried(
+    stack: dict[str, KubetuneProcess],
+) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    url = stack["router"].url
+    good = [chat(EASY), chat(HARD), chat("What is the annual fee?")]
+    poisoned = chat(EASY, seed=2**70, temperature=1e-45)
+    with ThreadPoolExecutor(4) as pool:
+        *served, refused = pool.map(lambda b: post(url, b), [*good, poisoned])
+    assert [a.status_code for a in served] == [200, 200, 200]
+    assert refused.status_code == 400
+    assert refused.json()["error"]["message"].startswith("temperature: must be 0 (greedy)")
+    assert metric_value(url, "kubetune_router_backend_failures_total") == 0
+
+
+def test_a_4xx_from_the_chosen_backend_is_passed_through_not_retried(
+    stack: dict[str, KubetuneProcess],
+) -> None:
+    # Valid for the router, too long for the backends' 512-token context: small says 400.
+    url, large = stack["router"].url, stack["large"].url
+    large_before = backend_requests(large, 400)
+    small_before = backend_requests(stack["small"].url, 400)
+    answer = post(url, chat("信用卡" * 800))  # ~830 tokens
+    assert answer.status_code == 400, answer.text
+    assert answer.json()["error"]["code"] == "context_length_exceeded"
+    assert answer.headers["x-kubetune-backend"] == "small"
+    assert backend_requests(stack["small"].url, 400) == small_before + 1
+    assert backend_requests(large, 400) == large_before  # never tried on the other model
+    assert metric_value(url, 'kubetune_router_backend_failures_total{backend="small"}') == 0

@@ -3,7 +3,8 @@
 Three server processes share the module: int8 (the default) and fp32 ("none"), both batching up
 to 8 requests, and a one-request-at-a-time fp32 server with a one-slot queue for the 429 case.
 The adapter is trained by `kubetune_trainer.train.fit` to memorise two answers, so a correct
-merge shows as the memorised answer coming back.
+merge shows as the memorised answer coming back. A poisoned request (issue 15) fails alone:
+over HTTP it is refused at validation, and in the batcher (skipping validation) by itself.
 """
 
 from __future__ import annotations
@@ -258,3 +259,84 @@ def wait_queue_depth(c: httpx.Client, value: float) -> None:
         if line.startswith("kubetune_") and "_created" not in line
     ]
     raise AssertionError(f"queue depth never reached {value}\n" + "\n".join(lines))
+
+
+POISON = {"seed": 2**70, "temperature": 1e-45}
+
+
+def test_a_poisoned_request_fails_alone_and_its_batch_mates_are_served(
+    servers: dict[str, KubetuneProcess],
+) -> None:
+    def ask(c: httpx.Client, body: dict[str, Any]) -> httpx.Response:
+        return c.post("/v1/chat/completions", json=body)
+
+    good = [chat(p, max_tokens=12, return_token_ids=True) for p in PROMPTS[:3]]
+    with client(servers, "int8") as c:
+        alone = [ask(c, b).json()["choices"][0]["token_ids"] for b in good]
+        with ThreadPoolExecutor(4) as pool:
+            answers = list(pool.map(lambda b: ask(c, b), [*good, chat(PROMPTS[3], **POISON)]))
+        seed_alone = ask(c, chat(PROMPTS[3], seed=2**70)).json()["error"]["message"]
+    *served, poisoned = answers
+    assert [a.status_code for a in served] == [200, 200, 200], [a.text for a in served]
+    assert [a.json()["choices"][0]["token_ids"] for a in served] == alone
+    assert poisoned.status_code == 400
+    # pydantic reports the first bad field in declaration order: temperature, then seed
+    message = poisoned.json()["error"]["message"]
+    assert message == "temperature: must be 0 (greedy) or at least 0.01, got 1e-45.", message
+    assert seed_alone == (
+        "seed: Input should be less than or equal to 18446744073709551615, "
+        "got 1180591620717411303424."
+    ), seed_alone
+
+
+def test_the_batcher_isolates_poison_that_skipped_validation(tiny_model_dir: Path) -> None:
+    """The real engine, with parameters no route would let through: each fails by itself."""
+    import asyncio
+
+    from kubetune_server.batching import Batcher, Event, Ticket
+    from kubetune_server.engine import Engine, GenerationJob
+    from kubetune_server.loading import load_model
+    from kubetune_server.metrics import ServerMetrics
+    from kubetune_server.sampling import SamplingParams
+    from kubetune_server.settings import ServerSettings
+
+    engine = Engine(load_model(ServerSettings(model=str(tiny_model_dir), device="cpu")))
+    prompts = [engine.text_prompt_ids(p) for p in PROMPTS[:5]]
+    params = [
+        SamplingParams(max_new_tokens=8, ignore_eos=True),
+        SamplingParams(max_new_tokens=8, ignore_eos=True, temperature=0.8, seed=5),
+        SamplingParams(max_new_tokens=8, ignore_eos=True, temperature=1.0, top_p=0.9, seed=6),
+        SamplingParams(max_new_tokens=8, seed=2**70),
+        SamplingParams(max_new_tokens=8, temperature=1e-45, seed=1),
+    ]
+    jobs = [GenerationJob(p, s) for p, s in zip(prompts, params, strict=True)]
+
+    async def run(batch: list[GenerationJob]) -> list[list[Event]]:
+        batcher = Batcher(engine, ServerMetrics(), max_batch_size=8, max_queue=8, wait_ms=100)
+        tickets = [batcher.submit(j) for j in batch]
+        batcher.start()
+
+        async def events(t: Ticket) -> list[Event]:
+            seen = [await t.events.get()]
+            while seen[-1].kind == "text":
+                seen.append(await t.events.get())
+            return seen
+
+        try:
+            return await asyncio.wait_for(asyncio.gather(*(events(t) for t in tickets)), 120)
+        finally:
+            await batcher.stop()
+
+    alone = [asyncio.run(run([j]))[0] for j in jobs[:3]]
+    together = asyncio.run(run(jobs))
+    assert together[:3] == alone  # the same events, text and finish, as alone
+    assert all(seen[-1].kind == "done" for seen in alone)
+    bad_seed, bad_temperature = together[3][-1], together[4][-1]
+    assert (bad_seed.kind, bad_seed.status, bad_seed.code) == (
+        "error",
+        400,
+        "invalid_sampling_params",
+    )
+    assert "seed must fit in 64 bits" in bad_seed.text
+    assert bad_temperature.status == 400
+    assert "temperature 1e-45 makes the probabilities not finite" in bad_temperature.text

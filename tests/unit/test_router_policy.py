@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import random
+import re
+import time
 from typing import Any
 
 import pytest
@@ -127,3 +130,47 @@ def test_complexity_score_of_features_directly() -> None:
     assert complexity_score(none) == 0.0
     assert complexity_score(Features(0, 1, True, False, 0, None)) == WEIGHTS["code"]
     assert complexity_score(Features(0, 1, False, False, 10, None)) == WEIGHTS["reasoning"]
+
+
+# The code detector before issue 15: quadratic on a long word (64k characters of `x`: 10 s,
+# 64k newlines: minutes). Kept here to prove the linear one decides the same.
+QUADRATIC_CODE = re.compile(
+    r"```|^\s*(def|class|import|from \S+ import|function|public|#include|SELECT|for\s*\(|if\s*\()"
+    r"|\w+\([^)]*\)\s*[{;:]|=>|::|</?\w+>",
+    re.IGNORECASE | re.MULTILINE,
+)
+PIECES = ["x", "a1", " ", "\n", "\t", "\r", "\x0b", "(", ")", "{", ";", ":", "=", ">", "<", "/",
+          "`", "def", "from ", " import", "for", "if", "select", "#include", "é", "信", "\u2028"]  # fmt: skip
+
+
+def test_code_detection_decides_as_the_quadratic_regex_did() -> None:
+    rng = random.Random(15)
+    for _ in range(30_000):
+        text = "".join(rng.choice(PIECES) for _ in range(rng.randint(0, 12)))
+        expected = bool(QUADRATIC_CODE.search(text))
+        assert extract_features({"prompt": text}).code == expected, repr(text)
+
+
+def test_reasoning_cues_count_as_one_regex_per_cue_did() -> None:
+    from kubetune_server.policy import _CUE_PATTERNS
+
+    rng = random.Random(16)
+    pieces = ["Why", "STEP", " by ", "step", "-", "prove", "n", " ", "Trade-Off", "分析", "é", "x"]
+    for _ in range(5_000):
+        text = "".join(rng.choice(pieces) for _ in range(rng.randint(0, 8)))
+        expected = sum(1 for p in _CUE_PATTERNS if p.search(text))
+        assert extract_features({"prompt": text}).reasoning_cues == expected, repr(text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["x" * 65_536, "\n" * 65_536, "a(" * 32_768, "<" + "x" * 65_535, "from x\n" * 9_362,
+     "Prove why 信用卡 " * 4_096, "f" + "(" * 65_535],
+    ids=["x", "newlines", "a(", "<x", "from-lines", "mixed", "f((("],
+)  # fmt: skip
+def test_a_64k_character_prompt_scores_in_linear_time(text: str) -> None:
+    start = time.perf_counter()
+    score_request({"prompt": text})
+    # ~10-30 ms on an idle core (bench/serve_abuse.py prints it); the bound leaves room for a
+    # loaded machine and still fails the quadratic regex by two orders of magnitude.
+    assert time.perf_counter() - start < 1.0

@@ -1,8 +1,9 @@
 """The server app over real HTTP (uvicorn in a thread) with a fake engine: no model, seconds.
 
-Covers what does not need real weights: readiness while loading, API key, validation errors,
-limits (context, max_tokens cap, full queue -> 429), the SSE format, stops, metrics. The real
-model is served in tests/integration/test_server.py.
+Covers what does not need real weights: readiness while loading, API key (checked before the
+body is read), validation errors (sampling fields included), limits (body size, prompt
+characters, context, max_tokens cap, full queue -> 429), the SSE format, stops, metrics. The
+real model is served in tests/integration/test_server.py and test_server_abuse.py.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from kubetune_server.settings import ServerSettings
 
 KEY = "s3cret-token"
 AUTH = {"Authorization": f"Bearer {KEY}"}
+JSON = {"content-type": "application/json"}
 
 
 class ByteTokenizer:
@@ -45,20 +47,25 @@ class FakeEngine:
         self.fail = False
         self.template_kwargs: list[dict[str, Any]] = []
         self.batches: list[int] = []
+        self.tokenized = 0
 
     def chat_prompt_ids(
         self, messages: list[dict[str, str]], template_kwargs: dict[str, Any] | None = None
     ) -> list[int]:
         self.template_kwargs.append({"enable_thinking": False, **(template_kwargs or {})})
+        self.tokenized += 1
         return list("".join(f"{m['role']}:{m['content']}|" for m in messages).encode())
 
     def text_prompt_ids(self, prompt: str) -> list[int]:
+        self.tokenized += 1
         return list(prompt.encode())
 
     def max_new_tokens_for(self, prompt_len: int, requested: int) -> int:
         return max(0, min(requested, self.context_length - prompt_len))
 
-    def generate(self, jobs: list[GenerationJob], emit: Callable[[int, int], bool]) -> list[str]:
+    def generate(
+        self, jobs: list[GenerationJob], emit: Callable[[int, int], bool], samplers: Any = None
+    ) -> list[str]:
         self.gate.wait(30)
         if self.fail:
             raise RuntimeError("boom")
@@ -202,6 +209,12 @@ def test_models_lists_the_served_name(client: httpx.Client) -> None:
         ),
         (json.dumps(chat(temperature="hot")).encode(), "temperature"),
         (json.dumps(chat(temperature=5)).encode(), "temperature"),
+        (json.dumps(chat(temperature=1e-45)).encode(), "temperature: must be 0 (greedy) or at"),
+        (b'{"messages": [{"role": "user", "content": "x"}], "temperature": NaN}', "temperature"),
+        (json.dumps(chat(seed=2**70)).encode(), "seed: Input should be less than or equal"),
+        (json.dumps(chat(seed=-(2**63) - 1)).encode(), "seed"),
+        (json.dumps(chat(top_p=0)).encode(), "top_p"),
+        (json.dumps(chat(stop="s" * 1001)).encode(), "at most 1000 characters, got 1001"),
         (json.dumps(chat(max_tokens=0)).encode(), "max_tokens"),
         (json.dumps(chat(stream="yes")).encode(), "stream"),
         (json.dumps(chat(n=2)).encode(), "n:"),
@@ -350,3 +363,102 @@ def test_metrics_count_requests_tokens_and_batches(client: httpx.Client) -> None
     assert metric(text, "kubetune_prompt_tokens_total") == 8.0
     assert metric(text, "kubetune_batch_size_count") == 1.0
     assert 'kubetune_request_latency_seconds_count{endpoint="/v1/chat/completions"} 2.0' in text
+
+
+def test_sampling_fields_at_their_limits_are_served(client: httpx.Client) -> None:
+    for fields in ({"seed": 2**64 - 1}, {"seed": -(2**63)}, {"temperature": 0.01}, {"top_p": 1e-9}):
+        response = client.post("/v1/chat/completions", json=chat(max_tokens=2, **fields))
+        assert response.status_code == 200, (fields, response.text)
+
+
+def raw_post(url: str, head: str, body: bytes = b"") -> tuple[int, dict[str, Any], float]:
+    """Send a request head (and maybe part of a body) on a raw socket; status, error, seconds."""
+    import socket
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    with socket.create_connection((parts.hostname, parts.port), timeout=10) as sock:
+        start = time.perf_counter()
+        sock.sendall(head.encode() + b"\r\n\r\n" + body)
+        data = b""
+        while b"\r\n\r\n" not in data or not data.rstrip().endswith(b"}"):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+        elapsed = time.perf_counter() - start
+    head_bytes, _, payload = data.partition(b"\r\n\r\n")
+    return int(head_bytes.split()[1]), json.loads(payload)["error"], elapsed
+
+
+def test_the_key_is_checked_before_the_body_is_read(client: httpx.Client) -> None:
+    url = str(client.base_url)
+    # 100 MB declared, 1 KB sent: the answer cannot wait for the body
+    head = "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 100000000"
+    status, error, seconds = raw_post(url, head, b"{" * 1024)
+    assert (status, error["code"]) == (401, "invalid_api_key") and seconds < 1
+    anonymous = httpx.Client(base_url=url, timeout=10)
+    broken = anonymous.post("/v1/chat/completions", content=b"{not json")
+    assert broken.status_code == 401
+    assert anonymous.post("/v1/nothing-here", content=b"{").status_code == 401
+
+
+def test_a_body_over_the_limit_is_413_before_and_while_reading(engine: FakeEngine) -> None:
+    app = create_app(settings(max_body_bytes=4096), engine)
+    with serve(app) as url, httpx.Client(base_url=url, headers=AUTH, timeout=10) as c:
+        wait_ready(c)
+        head = f"POST /v1/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}"
+        status, error, seconds = raw_post(url, head + "\r\nContent-Length: 100000000")
+        assert status == 413 and seconds < 1
+        assert error["message"] == (
+            "The request body is 100000000 bytes; this server accepts at most 4096 bytes "
+            "(--max-body-bytes)."
+        )
+        chunks = iter([b'{"prompt": "', b"x" * 3000, b"x" * 3000, b'"}'])
+        chunked = c.post("/v1/completions", content=chunks)  # no length: read, then refused
+        assert chunked.status_code == 413 and "over 4096 bytes" in chunked.text
+        parts = iter([b'{"prompt": "x", ', b'"max_tokens": 2}'])
+        small = c.post("/v1/completions", content=parts, headers=JSON)
+        assert small.status_code == 200, small.text
+        assert c.post("/v1/completions", json={"prompt": "x" * 3000}).status_code == 400
+    assert engine.tokenized == 2  # the small one and the 3000-character one
+
+
+def test_a_prompt_over_the_character_cap_is_400_before_tokenizing(engine: FakeEngine) -> None:
+    app = create_app(settings(max_prompt_chars=10), engine)
+    with serve(app) as url, httpx.Client(base_url=url, headers=AUTH, timeout=10) as c:
+        wait_ready(c)
+        long = c.post("/v1/completions", json={"prompt": "x" * 11})
+        parts = [{"role": "user", "content": "x" * 6}, {"role": "assistant", "content": "y" * 5}]
+        many = c.post("/v1/chat/completions", json={"messages": parts})
+        fits = c.post("/v1/completions", json={"prompt": "x" * 10, "max_tokens": 1})
+    assert long.status_code == many.status_code == 400
+    assert long.json()["error"]["code"] == "prompt_too_long"
+    assert long.json()["error"]["message"] == (
+        "The prompt has 11 characters; this server accepts at most 10 (--max-prompt-chars)."
+    )
+    assert "11 characters" in many.json()["error"]["message"]
+    assert fits.status_code == 200 and engine.tokenized == 1
+
+
+def test_healthz_answers_while_a_prompt_is_being_tokenized(engine: FakeEngine) -> None:
+    release = threading.Event()
+    slow = engine.text_prompt_ids
+
+    def stuck_tokenizer(prompt: str) -> list[int]:
+        release.wait(10)  # a tokenizer busy for seconds
+        return slow(prompt)
+
+    engine.text_prompt_ids = stuck_tokenizer  # type: ignore[method-assign]
+    app = create_app(settings(), engine)
+    with serve(app) as url, httpx.Client(base_url=url, headers=AUTH, timeout=10) as c:
+        wait_ready(c)
+        with ThreadPoolExecutor(1) as pool:
+            pending = pool.submit(c.post, "/v1/completions", json={"prompt": "x", "max_tokens": 1})
+            time.sleep(0.2)
+            start = time.perf_counter()
+            assert c.get("/healthz").status_code == 200
+            assert time.perf_counter() - start < 1
+            assert not pending.done()
+            release.set()
+            assert pending.result().status_code == 200

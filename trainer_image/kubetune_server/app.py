@@ -3,7 +3,8 @@
 Called by `cli.py` (engine None: the model loads in a background thread at startup, so
 `/healthz` answers at once and `/readyz` says 503 until the model is there) and by tests (a
 ready engine, or a fake one). Holds the health, readiness and metrics endpoints; the OpenAI
-routes live in `routes.py`. A model that fails to load makes `/healthz` fail too, so the
+routes live in `routes.py`. `auth.RequestGuard` checks the API key and the body limit before any
+route reads the body. A model that fails to load makes `/healthz` fail too, so the
 kubelet restarts the pod.
 """
 
@@ -20,6 +21,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from kubetune_server.auth import RequestGuard
 from kubetune_server.batching import Batcher
 from kubetune_server.engine import Engine
 from kubetune_server.errors import install_error_handlers
@@ -62,8 +64,9 @@ def create_app(
 
     app = FastAPI(title="kubetune serve", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.server = state
-    app.state.api_key = settings.api_key
     install_error_handlers(app)
+    limit = settings.max_body_bytes
+    app.add_middleware(RequestGuard, api_key=settings.api_key, max_body_bytes=limit)
     app.add_middleware(RequestMetricsMiddleware, metrics=metrics, paths=API_PATHS)
     app.include_router(router)
     _add_health_routes(app)

@@ -6,6 +6,12 @@ then a finish event). A collector task takes the first waiting request, keeps co
 `Engine.generate`. The waiting queue is bounded: `submit` raises `QueueFullError` (the route
 answers 429) instead of growing without limit. Requests that arrive during a generation wait
 for the next batch. A client that goes away cancels its ticket; its row stops at the next token.
+
+Failures stay with the request that caused them: each ticket's sampler is built on its own (bad
+parameters: that ticket alone gets a 400 error event and never joins the batch), a row whose
+sampling fails or whose text stream raises ends alone, and a batch that fails before any token
+(the prefill) is generated again one request at a time, so only the request that fails alone
+sees the error. Only a failure in the middle of a batch's decoding reaches every row in it.
 """
 
 from __future__ import annotations
@@ -18,8 +24,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Literal
 
-from kubetune_server.engine import Engine, FinishReason, GenerationJob
+from kubetune_server.engine import Engine, Finish, FinishReason, GenerationJob
 from kubetune_server.metrics import ServerMetrics
+from kubetune_server.sampling import RowSampler, SamplingError
 from kubetune_server.text_stream import TextStream
 
 log = logging.getLogger(__name__)
@@ -31,11 +38,13 @@ class QueueFullError(Exception):
 
 @dataclass(frozen=True)
 class Event:
-    """What a ticket receives: a text piece, the end, or an error."""
+    """What a ticket receives: a text piece, the end, or an error (with its HTTP status)."""
 
     kind: Literal["text", "done", "error"]
     text: str = ""
     finish_reason: FinishReason | None = None
+    status: int = 500
+    code: str = "generation_failed"
 
 
 @dataclass
@@ -48,6 +57,8 @@ class Ticket:
     events: asyncio.Queue[Event] = field(default_factory=asyncio.Queue)
     token_ids: list[int] = field(default_factory=list)
     cancelled: bool = False
+    failed: bool = False
+    sampler: RowSampler | None = None
 
     @property
     def completion_tokens(self) -> int:
@@ -66,6 +77,12 @@ class Ticket:
     def cancel(self) -> None:
         """Stop generating for this request (its client left)."""
         self.cancelled = True
+
+    def fail(self, message: str, status: int = 500, code: str = "generation_failed") -> None:
+        """End this request with an error event (its batch mates go on)."""
+        self.failed = True
+        text = message if message.endswith(".") else f"{message}."
+        self.send(Event("error", text, status=status, code=code))
 
 
 class Batcher:
@@ -139,31 +156,80 @@ class Batcher:
 
     def _run(self, batch: list[Ticket]) -> None:
         """Generate `batch` (worker thread) and deliver every event."""
-        if not batch:
+        rows = [t for t in batch if _with_sampler(t)]
+        if not rows:
             return
+        try:
+            finishes = self._generate(rows)
+        except Exception as err:
+            log.exception("generation failed for a batch of %d", len(rows))
+            for ticket in rows:
+                ticket.fail(f"generation failed: {err}")
+            return
+        log.debug(
+            "batch of %d done: %s",
+            len(rows),
+            [(f, t.completion_tokens, t.cancelled) for t, f in zip(rows, finishes, strict=True)],
+        )
+        for ticket, finish in zip(rows, finishes, strict=True):
+            _deliver_end(ticket, finish)
 
+    def _generate(self, rows: list[Ticket]) -> list[Finish]:
+        """The batch's finishes; a batch that failed before any token is retried row by row."""
+        try:
+            return self._generate_together(rows)
+        except Exception as err:
+            if len(rows) == 1 or any(t.token_ids for t in rows):
+                raise
+            log.warning("a batch of %d failed (%s); generating each alone", len(rows), err)
+        finishes: list[Finish] = []
+        for ticket in rows:
+            try:
+                finishes += self._generate_together([ticket])
+            except Exception as err:
+                log.exception("generation failed for one request")
+                ticket.fail(f"generation failed for this request: {err}")
+                finishes.append("stop")
+        return finishes
+
+    def _generate_together(self, rows: list[Ticket]) -> list[Finish]:
         def emit(row: int, token: int) -> bool:
-            ticket = batch[row]
-            ticket.token_ids.append(token)
-            piece = ticket.stream.push(token)
+            ticket = rows[row]
+            try:
+                ticket.token_ids.append(token)
+                piece = ticket.stream.push(token)
+            except Exception as err:
+                log.exception("detokenizing failed for one request")
+                ticket.fail(f"generation failed for this request: {err}")
+                return True
             if piece:
                 ticket.send(Event("text", piece))
             return ticket.cancelled or ticket.stream.stopped
 
-        try:
-            reasons = self.engine.generate([t.job for t in batch], emit)
-        except Exception as err:
-            log.exception("generation failed for a batch of %d", len(batch))
-            for ticket in batch:
-                ticket.send(Event("error", f"generation failed: {err}"))
-            return
-        log.debug(
-            "batch of %d done: %s",
-            len(batch),
-            [(r, t.completion_tokens, t.cancelled) for t, r in zip(batch, reasons, strict=True)],
-        )
-        for ticket, reason in zip(batch, reasons, strict=True):
-            tail = ticket.stream.finish()
-            if tail:
-                ticket.send(Event("text", tail))
-            ticket.send(Event("done", finish_reason=reason))
+        samplers = [t.sampler for t in rows if t.sampler is not None]
+        return self.engine.generate([t.job for t in rows], emit, samplers)
+
+
+def _with_sampler(ticket: Ticket) -> bool:
+    """Build the ticket's sampler; on bad parameters fail the ticket alone (False)."""
+    try:
+        ticket.sampler = RowSampler(ticket.job.params)
+    except Exception as err:  # SamplingError, or anything else these parameters provoke
+        status = err.status if isinstance(err, SamplingError) else 400
+        ticket.fail(f"invalid sampling parameters: {err}", status, "invalid_sampling_params")
+        return False
+    return True
+
+
+def _deliver_end(ticket: Ticket, finish: Finish) -> None:
+    """The ticket's last events: the held-back text and `done`, or its own error."""
+    if ticket.failed:
+        return
+    if isinstance(finish, SamplingError):
+        code = "invalid_sampling_params" if finish.status < 500 else "generation_failed"
+        ticket.fail(f"sampling failed for this request: {finish}", finish.status, code)
+        return
+    tail = ticket.stream.finish()
+    if tail:
+        ticket.send(Event("text", tail))
+    ticket.send(Event("done", finish_reason=finish))

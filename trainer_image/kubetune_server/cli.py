@@ -2,7 +2,8 @@
 
     kubetune serve --model BASE [--adapter DIR | --fine-tune-job NAME] [--quantization int8|none]
                    [--host 0.0.0.0] [--port 8000] [--max-batch-size 8] [--max-new-tokens 512]
-                   [--max-queue 64] [--api-key-file F]   (or env KUBETUNE_API_KEY)
+                   [--max-queue 64] [--max-body-bytes 8388608] [--max-prompt-chars 500000]
+                   [--api-key-file F]   (or env KUBETUNE_API_KEY)
 
 The `kubetune` dispatcher imports this module only for `serve`. Flags left unset fall back to
 `KUBETUNE_*` environment variables, then to the ModelDeployment defaults.
@@ -17,7 +18,13 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from kubetune_server.settings import ServerSettings, env_default, read_api_key
+from kubetune_server.settings import (
+    MAX_BODY_BYTES,
+    MAX_PROMPT_CHARS,
+    ServerSettings,
+    env_default,
+    read_api_key,
+)
 
 
 def build_parser(prog: str = "kubetune serve") -> argparse.ArgumentParser:
@@ -46,6 +53,18 @@ def build_parser(prog: str = "kubetune serve") -> argparse.ArgumentParser:
     p.add_argument(
         "--max-model-len", type=int, default=None, help="context cap (default: the model's)"
     )
+    p.add_argument(
+        "--max-body-bytes",
+        type=int,
+        default=int(env_default("MAX_BODY_BYTES", str(MAX_BODY_BYTES)) or MAX_BODY_BYTES),
+        help="request bodies larger than this are refused with 413 while being read",
+    )
+    p.add_argument(
+        "--max-prompt-chars",
+        type=int,
+        default=int(env_default("MAX_PROMPT_CHARS", str(MAX_PROMPT_CHARS)) or MAX_PROMPT_CHARS),
+        help="prompts (all messages together) longer than this are a 400, before tokenizing",
+    )
     p.add_argument("--batch-wait-ms", type=float, default=5.0, help="batch collection window")
     p.add_argument("--api-key-file", type=Path, default=None, help="file holding the bearer token")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
@@ -71,6 +90,8 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
         max_queue=args.max_queue,
         batch_wait_ms=args.batch_wait_ms,
         max_model_len=args.max_model_len,
+        max_body_bytes=args.max_body_bytes,
+        max_prompt_chars=args.max_prompt_chars,
         api_key=read_api_key(args.api_key_file),
         threads=args.threads,
     )

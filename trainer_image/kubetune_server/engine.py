@@ -4,9 +4,10 @@
 `chat_prompt_ids` / `text_prompt_ids` to tokenize before queueing. Prompts are left-padded to one
 length; the attention mask hides the padding and position ids count only real tokens, so each
 row computes what it would alone (exactly, in fp32 on CPU, up to float rounding in attention;
-the int8 matmuls are integer-exact per row). Every row has its own sampling parameters and stops
-on its own: finished rows leave the batch and the KV cache. Knows nothing about HTTP or text
-streaming: tokens go out through the `emit` callback.
+the int8 matmuls are integer-exact per row). Every row has its own sampler (built by the caller,
+so a request with unusable parameters never joins a batch) and stops on its own: finished rows,
+and a row whose sampling fails (its finish is that `SamplingError`), leave the batch and the KV
+cache. Knows nothing about HTTP or text streaming: tokens go out through the `emit` callback.
 """
 
 from __future__ import annotations
@@ -19,9 +20,10 @@ import torch
 from transformers import DynamicCache
 
 from kubetune_server.loading import LoadedModel
-from kubetune_server.sampling import RowSampler, SamplingParams, pick_next
+from kubetune_server.sampling import RowSampler, SamplingError, SamplingParams, pick_next
 
 FinishReason = Literal["stop", "length"]
+Finish = FinishReason | SamplingError  # how each row ended
 Emit = Callable[[int, int], bool]  # (row, token id) -> True when that row must stop now
 
 
@@ -66,10 +68,18 @@ class Engine:
         return max(0, min(requested, self.context_length - self._offset - prompt_len))
 
     @torch.inference_mode()
-    def generate(self, jobs: Sequence[GenerationJob], emit: Emit) -> list[FinishReason]:
-        """Generate every job together; tokens go to `emit`; returns each job's finish reason."""
-        samplers = [RowSampler(job.params) for job in jobs]
-        finish: list[FinishReason] = ["length"] * len(jobs)
+    def generate(
+        self,
+        jobs: Sequence[GenerationJob],
+        emit: Emit,
+        samplers: Sequence[RowSampler] | None = None,
+    ) -> list[Finish]:
+        """Generate every job together; tokens go to `emit`; returns how each job finished.
+
+        `samplers` (one per job) default to fresh ones; building them may raise SamplingError.
+        """
+        rows = list(samplers) if samplers is not None else [RowSampler(j.params) for j in jobs]
+        finish: list[Finish] = ["length"] * len(jobs)
         produced = [0] * len(jobs)
         active = [i for i, job in enumerate(jobs) if job.params.max_new_tokens > 0]
         if not active:
@@ -77,9 +87,13 @@ class Engine:
         ids, mask, positions, cache = self._prefill_inputs([jobs[i] for i in active])
         logits = self._forward(ids, mask, positions, cache)
         while True:
-            tokens = pick_next(logits, [samplers[i] for i in active])
+            picks = pick_next(logits, [rows[i] for i in active])
             keep: list[int] = []
-            for j, (row, token) in enumerate(zip(active, tokens, strict=True)):
+            tokens: list[int] = []
+            for j, (row, token) in enumerate(zip(active, picks, strict=True)):
+                if isinstance(token, SamplingError):
+                    finish[row] = token
+                    continue
                 eos = token in self.loaded.eos_ids and not jobs[row].params.ignore_eos
                 if eos or emit(row, token):
                     finish[row] = "stop"
@@ -87,13 +101,14 @@ class Engine:
                 produced[row] += 1
                 if produced[row] < jobs[row].params.max_new_tokens:
                     keep.append(j)
+                    tokens.append(token)
             if not keep:
                 return finish
             if len(keep) < len(active):
                 index = torch.tensor(keep, device=mask.device)
                 cache.batch_select_indices(index)
                 mask, positions = mask[index], positions[index]
-                active, tokens = [active[j] for j in keep], [tokens[j] for j in keep]
+                active = [active[j] for j in keep]
             ids = torch.tensor(tokens, device=mask.device).unsqueeze(1)
             mask = torch.cat([mask, mask.new_ones(len(active), 1)], dim=1)
             positions = positions[:, -1:] + 1

@@ -1,8 +1,10 @@
 """The routing policy, pure: a request's cheap features -> a complexity score in [0, 1] -> a backend.
 
-`router_app.py` calls `decide` for every request and `calibrate.py` calls `complexity_score` for
-every eval row. Nothing here does I/O, reads a clock or holds state (the weighted strategy takes
-its random number as an argument), so the same request always scores the same.
+`router_app.py` calls `decide` for every request (in a worker thread for large bodies) and
+`calibrate.py` calls `complexity_score` for every eval row. Scoring is linear in the prompt's
+length (64k characters in milliseconds), whatever the characters are. Nothing here does I/O,
+reads a clock or holds state (the weighted strategy takes its random number as an argument), so
+the same request always scores the same.
 
 The score adds capped contributions (weights in `WEIGHTS`, each documented):
 length of the prompt (estimated tokens: CJK characters count one each, other text four characters
@@ -60,11 +62,18 @@ _CUE_PATTERNS = [
     re.compile(rf"\b{re.escape(c)}\b" if c.isascii() else re.escape(c), re.IGNORECASE)
     for c in REASONING_CUES
 ]
+# Code: a fence, a line starting with a keyword, `=>`, `::`, a tag, or a call followed by `{`,
+# `;` or `:` (`f(x) {`). Every part runs in linear time: a line's leading blanks cannot cross a
+# newline (`^\s*` could, which made a run of newlines quadratic), and the call part is
+# `_has_call`, not the regex `\w+\([^)]*\)\s*[{;:]`, which retried at every character of a
+# long word (64k characters of `x`: 10 s).
 _CODE = re.compile(
-    r"```|^\s*(def|class|import|from \S+ import|function|public|#include|SELECT|for\s*\(|if\s*\()"
-    r"|\w+\([^)]*\)\s*[{;:]|=>|::|</?\w+>",
+    r"```|^[^\S\n]*+(def|class|import|from \S+ import|function|public|#include|SELECT|for\s*\("
+    r"|if\s*\()|=>|::|</?\w++>",
     re.IGNORECASE | re.MULTILINE,
 )
+_CALL_OPEN = re.compile(r"\b\w++\(")  # `name(`, found at the start of its word only
+_AFTER_CALL = re.compile(r"\s*+[{;:]")
 _MATH = re.compile(
     r"\$[^$]+\$|\\(frac|sum|int|sqrt|lim)|[∫∑√≤≥≠∞π]|\b\d+\s*[-+*/^=]\s*\d+|[a-z0-9)]\s*\^\s*[a-z0-9(]"
     r"|\b(equation|integral|derivative|matrix|probability|theorem|solve for|sqrt|irrational|prime|formula)\b"
@@ -124,11 +133,39 @@ def extract_features(body: Mapping[str, Any]) -> Features:
     return Features(
         prompt_tokens=estimate_tokens(text),
         turns=turns,
-        code=bool(_CODE.search(text)),
+        code=bool(_CODE.search(text)) or _has_call(text),
         math=bool(_MATH.search(text)),
-        reasoning_cues=sum(1 for p in _CUE_PATTERNS if p.search(text)),
+        reasoning_cues=_cue_count(text),
         max_tokens=requested if isinstance(requested, int) else None,
     )
+
+
+def _cue_count(text: str) -> int:
+    """Distinct reasoning cues in `text`; ASCII text skips the cues it cannot contain."""
+    lowered = text.lower() if text.isascii() else None  # exact for ASCII, like IGNORECASE
+    return sum(
+        1
+        for cue, pattern in zip(REASONING_CUES, _CUE_PATTERNS, strict=True)
+        if (lowered is None or cue in lowered) and pattern.search(text)
+    )
+
+
+def _has_call(text: str) -> bool:
+    """Whether `name(...)` is followed by `{`, `;` or `:` (no `)` inside), in linear time.
+
+    Each `name(` pairs with the first `)` after it; `name(`s sharing that `)` are decided
+    together, so every character is looked at a bounded number of times.
+    """
+    close = -1
+    for opening in _CALL_OPEN.finditer(text):
+        if opening.end() <= close:
+            continue  # this `)` was already checked
+        close = text.find(")", opening.end())
+        if close < 0:
+            return False
+        if _AFTER_CALL.match(text, close + 1):
+            return True
+    return False
 
 
 def complexity_score(features: Features) -> float:

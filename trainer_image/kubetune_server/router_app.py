@@ -1,14 +1,17 @@
 """`create_router_app(settings)`: the complexity router, one OpenAI-compatible endpoint in front.
 
-Called by `router_cli.py` and tests. For each completion request it validates the body (the same
+Called by `router_cli.py` and tests. `auth.RequestGuard` checks the API key and the body limit
+before a byte of the body is read. For each completion request it validates the body (the same
 schemas as the server, so a bad request is a 400 here, not at a backend), asks `policy.decide`
-for a backend, and hands the client's original bytes to `upstream.Upstream`, which passes the
-answer through (streamed or not) with `x-kubetune-backend` naming who answered, and falls back
-to the other backend when the chosen one refuses, times out or answers 5xx.
+for a backend (both in a worker thread when the body is large, so the event loop stays free),
+and hands the client's original bytes to `upstream.Upstream`, which passes the answer through
+(streamed or not) with `x-kubetune-backend` naming who answered, and falls back to the other
+backend when the chosen one refuses, times out, answers 5xx or is busy (429).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import random
@@ -22,7 +25,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, ValidationError
 
-from kubetune_server.auth import Authorized, check_api_key
+from kubetune_server.auth import RequestGuard
 from kubetune_server.errors import ApiError, describe_validation, install_error_handlers
 from kubetune_server.metrics import RouterMetrics
 from kubetune_server.policy import Decision, decide
@@ -34,6 +37,7 @@ from kubetune_server.upstream import BACKEND_HEADER, Upstream
 __all__ = ["BACKEND_HEADER", "create_router_app"]
 
 API_PATHS = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/models"})
+INLINE_BODY_BYTES = 32 * 1024  # smaller bodies are parsed and scored on the loop (microseconds)
 
 
 def create_router_app(settings: RouterSettings) -> FastAPI:
@@ -50,9 +54,10 @@ def create_router_app(settings: RouterSettings) -> FastAPI:
             await upstream.close()
 
     app = FastAPI(title="kubetune route", lifespan=lifespan, docs_url=None, redoc_url=None)
-    app.state.api_key = settings.api_key
     app.state.router = _Router(settings, metrics, upstream)
     install_error_handlers(app)
+    limit = settings.max_body_bytes
+    app.add_middleware(RequestGuard, api_key=settings.api_key, max_body_bytes=limit)
     app.add_middleware(RequestMetricsMiddleware, metrics=metrics, paths=API_PATHS)
     _add_routes(app, metrics)
     return app
@@ -70,7 +75,9 @@ class _Router:
         self.names = list(settings.backends)
         self.random = random.Random()
 
-    def decide(self, body: dict[str, Any]) -> Decision:
+    def decide(self, raw: bytes, schema: type[BaseModel]) -> Decision:
+        """Parse and validate `raw` (400 otherwise), then pick its backend."""
+        body = _parse(raw, schema)
         s = self.settings
         return decide(
             body,
@@ -122,10 +129,12 @@ def _parse(raw: bytes, schema: type[BaseModel]) -> dict[str, Any]:
 def _add_routes(app: FastAPI, metrics: RouterMetrics) -> None:
     async def route(request: Request, path: str, schema: type[BaseModel]) -> Response:
         start = time.perf_counter()
-        check_api_key(request)
         router: _Router = request.app.state.router
         raw = await request.body()
-        decision = router.decide(_parse(raw, schema))
+        if len(raw) <= INLINE_BODY_BYTES:
+            decision = router.decide(raw, schema)
+        else:
+            decision = await asyncio.to_thread(router.decide, raw, schema)
         metrics.decisions.labels(decision.backend, decision.reason).inc()
         metrics.overhead.observe(time.perf_counter() - start)
         return await router.forward(request, path, raw, decision.backend)
@@ -142,7 +151,7 @@ def _add_routes(app: FastAPI, metrics: RouterMetrics) -> None:
     app.router.add_route("/v1/completions", completions, methods=["POST"])
 
     @app.get("/v1/models")
-    async def models(request: Request, _: Authorized) -> ModelList:
+    async def models(request: Request) -> ModelList:
         router: _Router = request.app.state.router
         now = int(time.time())
         return ModelList(data=[ModelCard(id=name, created=now) for name in router.names])

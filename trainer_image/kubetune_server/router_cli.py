@@ -2,6 +2,7 @@
 
     kubetune route --backend large=http://large:8000 --backend small=http://small:8000 \
         [--strategy complexity|weighted|single] [--threshold 0.5] [--port 8000] [--api-key-file F]
+        [--max-body-bytes 8388608]
     kubetune route calibrate --backend large=URL --backend small=URL --eval eval.jsonl [--target 0.95]
 
 The `kubetune` dispatcher imports this module only for `route`.
@@ -17,7 +18,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from kubetune_server.settings import RouterSettings, env_default, read_api_key
+from kubetune_server.settings import MAX_BODY_BYTES, RouterSettings, env_default, read_api_key
 
 
 def parse_backends(values: Sequence[str]) -> dict[str, str]:
@@ -61,6 +62,12 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=int(env_default("PORT", "8000") or 8000))
     p.add_argument("--api-key-file", type=Path, default=None, help="bearer token clients send")
     p.add_argument("--timeout", type=float, default=300.0, help="backend timeout, seconds")
+    p.add_argument(
+        "--max-body-bytes",
+        type=int,
+        default=int(env_default("MAX_BODY_BYTES", str(MAX_BODY_BYTES)) or MAX_BODY_BYTES),
+        help="request bodies larger than this are refused with 413 while being read",
+    )
     p.add_argument("--log-level", default="info")
     return p
 
@@ -96,6 +103,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "kubetune route") -> int
             port=args.port,
             api_key=read_api_key(args.api_key_file),
             timeout_s=args.timeout,
+            max_body_bytes=args.max_body_bytes,
         )
     except (ValueError, ValidationError, OSError) as err:
         parser.error(str(err))

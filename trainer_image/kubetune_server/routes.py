@@ -1,13 +1,17 @@
 """The OpenAI-compatible endpoints: /v1/chat/completions, /v1/completions, /v1/models.
 
-Included by `app.py`. Each completion route turns the request into prompt ids (chat template,
-non-thinking unless `chat_template_kwargs` asks), checks it against the context window (400),
+Included by `app.py`, behind `auth.RequestGuard` (API key, body limit). Each completion route
+refuses a prompt over `max_prompt_chars` characters (400, before any tokenizing), turns the
+request into prompt ids in a worker thread (chat template, non-thinking unless
+`chat_template_kwargs` asks; the event loop keeps answering `/healthz` meanwhile), checks them
+against the context window (400),
 caps `max_tokens` by the server's `maxNewTokens`, queues it (429 with Retry-After when the queue
 is full) and answers in one body or as server-sent events ending with `data: [DONE]`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import uuid
@@ -17,7 +21,6 @@ from typing import Any
 from fastapi import APIRouter
 from fastapi.responses import StreamingResponse
 
-from kubetune_server.auth import Authorized
 from kubetune_server.batching import Event, QueueFullError, Ticket
 from kubetune_server.engine import GenerationJob
 from kubetune_server.errors import ApiError, error_body
@@ -44,19 +47,22 @@ Chunk = Callable[[str | None, str | None], dict[str, Any]]  # (text, finish_reas
 
 
 @router.get("/v1/models")
-async def list_models(server: Ready, _: Authorized) -> ModelList:
+async def list_models(server: Ready) -> ModelList:
     """The one model this server serves."""
     return ModelList(data=[ModelCard(id=server.settings.model_name, created=server.created)])
 
 
 @router.post("/v1/chat/completions", response_model=None)
 async def chat_completions(
-    body: ChatCompletionRequest, server: Ready, _: Authorized
+    body: ChatCompletionRequest, server: Ready
 ) -> ChatCompletion | StreamingResponse:
     """Chat completion, whole or streamed."""
+    _check_prompt_chars(server, body)
     messages = [{"role": _role(m.role), "content": m.text()} for m in body.messages]
     try:
-        prompt = server.engine.chat_prompt_ids(messages, body.chat_template_kwargs)
+        prompt = await asyncio.to_thread(
+            server.engine.chat_prompt_ids, messages, body.chat_template_kwargs
+        )
     except Exception as err:  # the template rejects some conversations (e.g. no user turn)
         raise ApiError(400, f"messages cannot be formatted with the chat template: {err}.") from err
     ticket = _submit(server, prompt, body, body.requested_max_tokens())
@@ -88,11 +94,10 @@ async def chat_completions(
 
 
 @router.post("/v1/completions", response_model=None)
-async def completions(
-    body: CompletionRequest, server: Ready, _: Authorized
-) -> Completion | StreamingResponse:
+async def completions(body: CompletionRequest, server: Ready) -> Completion | StreamingResponse:
     """Text completion of a raw prompt, whole or streamed."""
-    prompt = server.engine.text_prompt_ids(body.prompt_text())
+    _check_prompt_chars(server, body)
+    prompt = await asyncio.to_thread(server.engine.text_prompt_ids, body.prompt_text())
     ticket = _submit(server, prompt, body, body.requested_max_tokens())
     rid, model, created = f"cmpl-{uuid.uuid4().hex[:24]}", server.settings.model_name, _now()
     if body.stream:
@@ -125,6 +130,18 @@ def _role(role: str) -> str:
 
 def _now() -> int:
     return int(time.time())
+
+
+def _check_prompt_chars(server: ReadyServer, body: SamplingFields) -> None:
+    """400 for a prompt longer than the server's character cap (no tokenizing needed)."""
+    chars, cap = body.prompt_chars(), server.settings.max_prompt_chars
+    if chars > cap:
+        raise ApiError(
+            400,
+            f"The prompt has {chars} characters; this server accepts at most {cap} "
+            "(--max-prompt-chars).",
+            code="prompt_too_long",
+        )
 
 
 def _submit(
@@ -180,7 +197,7 @@ async def _collect(server: ReadyServer, ticket: Ticket) -> tuple[str, Any]:
     try:
         async for event in _events(ticket):
             if event.kind == "error":
-                raise ApiError(500, event.text, type_="server_error", code="generation_failed")
+                raise ApiError(event.status, event.text, type_=_error_type(event), code=event.code)
             if event.kind == "done":
                 server.metrics.completion_tokens.inc(ticket.completion_tokens)
                 return "".join(pieces), event.finish_reason
@@ -204,7 +221,7 @@ def _sse(
                 yield _data(first)
             async for event in _events(ticket):
                 if event.kind == "error":
-                    yield _data(error_body(event.text, "server_error", "generation_failed"))
+                    yield _data(error_body(event.text, _error_type(event), event.code))
                     break
                 if event.kind == "done":
                     server.metrics.completion_tokens.inc(ticket.completion_tokens)
@@ -220,6 +237,10 @@ def _sse(
     return StreamingResponse(
         body(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
     )
+
+
+def _error_type(event: Event) -> str:
+    return "invalid_request_error" if event.status < 500 else "server_error"
 
 
 def _data(payload: dict[str, Any]) -> str:

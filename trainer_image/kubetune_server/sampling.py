@@ -2,15 +2,26 @@
 
 `engine.py` calls `pick_next` once per decoding step. Temperature 0 is greedy (argmax); otherwise
 softmax at the temperature, nucleus (top_p) filtering, and a draw from the request's own seeded
-generator, so a row's tokens never depend on its batch mates. Knows nothing about text or stops.
+generator, so a row's tokens never depend on its batch mates. A row whose parameters or
+probabilities are unusable raises (or, from `pick_next`, yields) a `SamplingError` for that row
+alone; its batch mates get their tokens. Knows nothing about text or stops.
 """
 
 from __future__ import annotations
 
+import math
 import secrets
 from dataclasses import dataclass, field
 
 import torch
+
+
+class SamplingError(Exception):
+    """One request cannot be sampled; `status` says whose fault (400: its parameters)."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 @dataclass(frozen=True)
@@ -38,15 +49,30 @@ class RowSampler:
     generator: torch.Generator = field(init=False)
 
     def __post_init__(self) -> None:
+        t, top_p = self.params.temperature, self.params.top_p
+        if not math.isfinite(t) or t < 0:
+            raise SamplingError(f"temperature must be a finite number >= 0, got {t!r}")
+        if not 0 < top_p <= 1:
+            raise SamplingError(f"top_p must be in (0, 1], got {top_p!r}")
         self.generator = torch.Generator(device="cpu")
         seed = self.params.seed if self.params.seed is not None else secrets.randbits(63)
-        self.generator.manual_seed(seed)
+        try:
+            self.generator.manual_seed(seed)
+        except (RuntimeError, OverflowError, ValueError) as err:
+            raise SamplingError(f"seed must fit in 64 bits, got {seed}") from err
 
     def pick(self, logits: torch.Tensor) -> int:
         """The next token id from one row of logits (fp32, on any device)."""
         if self.params.greedy:
             return int(torch.argmax(logits).item())
-        probs = torch.softmax(logits.float().cpu() / self.params.temperature, dim=-1)
+        logits = logits.float().cpu()
+        if not bool(torch.isfinite(logits).all()):
+            raise SamplingError("the model produced logits that are not finite", status=500)
+        probs = torch.softmax(logits / self.params.temperature, dim=-1)
+        if not bool(torch.isfinite(probs).all()):
+            raise SamplingError(
+                f"temperature {self.params.temperature!r} makes the probabilities not finite"
+            )
         if self.params.top_p < 1.0:
             probs = top_p_filter(probs, self.params.top_p)
         return int(torch.multinomial(probs, 1, generator=self.generator).item())
@@ -61,8 +87,17 @@ def top_p_filter(probs: torch.Tensor, top_p: float) -> torch.Tensor:
     return kept / kept.sum()
 
 
-def pick_next(logits: torch.Tensor, rows: list[RowSampler]) -> list[int]:
-    """One token per row of `logits` (shape [rows, vocab])."""
+def pick_next(logits: torch.Tensor, rows: list[RowSampler]) -> list[int | SamplingError]:
+    """One token per row of `logits` (shape [rows, vocab]), or that row's `SamplingError`."""
     if all(r.params.greedy for r in rows):
         return [int(i) for i in torch.argmax(logits, dim=-1).tolist()]
-    return [row.pick(logits[i]) for i, row in enumerate(rows)]
+    return [_pick_one(row, logits[i]) for i, row in enumerate(rows)]
+
+
+def _pick_one(row: RowSampler, logits: torch.Tensor) -> int | SamplingError:
+    try:
+        return row.pick(logits)
+    except SamplingError as err:
+        return err
+    except RuntimeError as err:  # torch's own complaint (e.g. a zero-sum distribution)
+        return SamplingError(f"sampling failed: {err}", status=500)

@@ -5,6 +5,11 @@ reads requests with them too (to score them) but forwards the client's original 
 are strict (a string where a number belongs is a 400, not a silent cast) and ignore fields we do
 not implement (`user`, `logprobs`, penalties ...), as OpenAI-compatible servers commonly do. Only
 `n = 1` is served.
+
+Sampling fields are refused (400 naming the field and the value), never clamped: `seed` must
+fit in 64 bits (signed or unsigned, what torch's generator takes), `temperature` is 0 (greedy)
+or from `MIN_TEMPERATURE` to 2 (below it the softmax overflows to inf/nan), `top_p` is in
+(0, 1], and a stop sequence has at most `MAX_STOP_CHARS` characters.
 """
 
 from __future__ import annotations
@@ -17,6 +22,9 @@ Role = Literal["system", "developer", "user", "assistant", "tool"]
 FinishReason = Literal["stop", "length"]
 
 MAX_STOP_SEQUENCES = 4
+MAX_STOP_CHARS = 1000
+MIN_TEMPERATURE = 0.01  # vLLM's floor too (it clamps; we refuse, so nothing changes silently)
+SEED_MIN, SEED_MAX = -(2**63), 2**64 - 1
 
 
 class StrictRequest(BaseModel):
@@ -62,19 +70,36 @@ class SamplingFields(StrictRequest):
     top_p: float | None = Field(default=None, gt=0, le=1)
     max_tokens: int | None = Field(default=None, ge=1)
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: int | None = Field(default=None, ge=SEED_MIN, le=SEED_MAX)
     stream: bool = False
     stream_options: StreamOptions | None = None
     n: int = Field(default=1, ge=1, le=1, description="only one choice per request is served")
     return_token_ids: bool = Field(default=False, description="vLLM extension: echo token ids")
     ignore_eos: bool = Field(default=False, description="vLLM extension: generate past EOS")
 
+    @field_validator("temperature")
+    @classmethod
+    def _no_tiny_temperature(cls, value: float | None) -> float | None:
+        if value is not None and 0 < value < MIN_TEMPERATURE:
+            raise ValueError(f"must be 0 (greedy) or at least {MIN_TEMPERATURE}")
+        return value
+
     @field_validator("stop")
     @classmethod
     def _few_stops(cls, value: str | list[str] | None) -> str | list[str] | None:
         if isinstance(value, list) and len(value) > MAX_STOP_SEQUENCES:
             raise ValueError(f"at most {MAX_STOP_SEQUENCES} stop sequences, got {len(value)}")
+        stops = [value] if isinstance(value, str) else value or []
+        longest = max((len(s) for s in stops), default=0)
+        if longest > MAX_STOP_CHARS:
+            raise ValueError(
+                f"a stop sequence has at most {MAX_STOP_CHARS} characters, got {longest}"
+            )
         return value
+
+    def prompt_chars(self) -> int:
+        """Characters of the prompt text (checked against the server's cap before tokenizing)."""
+        raise NotImplementedError
 
     def stop_list(self) -> list[str]:
         """`stop` as a list of non-empty strings."""
@@ -92,6 +117,10 @@ class ChatCompletionRequest(SamplingFields):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
     chat_template_kwargs: dict[str, Any] | None = None
+
+    def prompt_chars(self) -> int:
+        """Characters of every message's content together."""
+        return sum(len(m.text()) for m in self.messages)
 
     def requested_max_tokens(self) -> int | None:
         """`max_completion_tokens` (the newer name) or `max_tokens`."""
@@ -113,6 +142,10 @@ class CompletionRequest(SamplingFields):
     def prompt_text(self) -> str:
         """The single prompt."""
         return self.prompt if isinstance(self.prompt, str) else self.prompt[0]
+
+    def prompt_chars(self) -> int:
+        """Characters of the prompt."""
+        return len(self.prompt_text())
 
     def requested_max_tokens(self) -> int | None:
         """`max_tokens` (OpenAI's default for completions is 16; ours is the server's cap)."""

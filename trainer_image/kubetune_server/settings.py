@@ -18,6 +18,10 @@ Quantization = Literal["int8", "none"]
 Strategy = Literal["complexity", "weighted", "single"]
 
 API_KEY_ENV = "KUBETUNE_API_KEY"
+MAX_BODY_BYTES = 8 * 1024 * 1024  # a 128k-token prompt is about 0.5-1 MB of JSON
+MAX_PROMPT_CHARS = (
+    500_000  # ~4x what fills Qwen3's 32k context with English text (~1 s to tokenize)
+)
 
 
 class ServerSettings(BaseModel):
@@ -41,6 +45,12 @@ class ServerSettings(BaseModel):
     batch_wait_ms: float = Field(default=5.0, ge=0, le=1000, description="batch collection window")
     max_model_len: int | None = Field(
         default=None, ge=2, description="context cap below the model's (prompt + generated)"
+    )
+    max_body_bytes: int = Field(
+        default=MAX_BODY_BYTES, ge=1024, description="request bodies past this are a 413"
+    )
+    max_prompt_chars: int = Field(
+        default=MAX_PROMPT_CHARS, ge=1, description="prompt characters refused before tokenizing"
     )
     api_key: str | None = Field(default=None, repr=False)
     threads: int | None = Field(default=None, ge=1, description="torch CPU threads (None: torch's)")
@@ -72,6 +82,9 @@ class RouterSettings(BaseModel):
     port: int = Field(default=8000, ge=0, le=65535)
     api_key: str | None = Field(default=None, repr=False)
     backend_api_key: str | None = Field(default=None, repr=False)
+    max_body_bytes: int = Field(
+        default=MAX_BODY_BYTES, ge=1024, description="request bodies past this are a 413"
+    )
     timeout_s: float = Field(default=300.0, gt=0)
 
 

@@ -5,7 +5,10 @@ HTTP parser, pooled keep-alive connections): against httpx it costs about a fift
 request, which is most of the router's added latency. Bodies are forwarded as raw bytes and
 answers are not decompressed or re-encoded. A backend that refuses the connection, times out or
 answers 5xx before any byte reached the client is a `BackendFailure`, and the next backend in
-the fallback order is tried; a failure in the middle of a stream just ends that stream.
+the fallback order is tried; a failure in the middle of a stream just ends that stream. A 429
+(the backend's queue is full) also moves on to the next backend; when none can answer, the
+client gets that 429 with its Retry-After rather than a 502. Any other 4xx is the request's own
+fault and is passed through at once: the other backend would refuse it too.
 """
 
 from __future__ import annotations
@@ -28,6 +31,14 @@ FAILURES = (aiohttp.ClientError, asyncio.TimeoutError, OSError)
 
 class BackendFailure(Exception):
     """A backend could not answer (connection error, timeout or 5xx)."""
+
+
+class BackendBusy(Exception):
+    """A backend answered 429; `response` is that answer, read whole."""
+
+    def __init__(self, response: Response) -> None:
+        super().__init__("HTTP 429")
+        self.response = response
 
 
 class Upstream:
@@ -65,18 +76,23 @@ class Upstream:
         headers: Mapping[str, str],
         on_failure: Callable[[str], None],
     ) -> Response:
-        """Try backends in `order`; the first answer wins; 502 when every one failed."""
+        """Try backends in `order`; the first answer wins; a 429 if the last one standing was
+        busy, else 502 when every one failed."""
         errors: list[str] = []
+        busy: Response | None = None
         for name in order:
             try:
                 answer = await self._send(name, path, raw, headers)
                 if answer.content_type == "text/event-stream":
                     return _stream(answer, name)
                 return await _whole(answer, name)
-            except BackendFailure as err:
+            except (BackendBusy, BackendFailure) as err:
+                busy = err.response if isinstance(err, BackendBusy) else busy
                 on_failure(name)
                 log.warning("backend %s failed: %s", name, err)
                 errors.append(f"{name}: {err}")
+        if busy is not None:
+            return busy
         raise ApiError(
             502,
             f"Every backend failed ({'; '.join(errors)}).",
@@ -108,6 +124,8 @@ class Upstream:
         if answer.status >= 500:
             answer.release()
             raise BackendFailure(f"HTTP {answer.status}")
+        if answer.status == 429:
+            raise BackendBusy(await _whole(answer, name))
         return answer
 
 

@@ -155,6 +155,7 @@ class Loop:
         self.resumed_from = 0
         self.agreement = Agreement(rt, self.t.checkpoint_every_minutes)
         self.real_tokens = self.padded_tokens = 0
+        self.largest_micro = 0  # token slots of this attempt's largest micro-batch
         self.train_seconds = 0.0
         self.last_loss = float("nan")
         self.first_loss: float | None = None
@@ -258,6 +259,7 @@ class Loop:
             "every_example_once_per_epoch": expected,
             "run_id": self.record.run_id,
             "resumed_from_step": self.resumed_from,
+            "largest_micro_batch_tokens": self.largest_micro,
         }
 
     # -- one optimizer step -----------------------------------------------------------------
@@ -285,6 +287,7 @@ class Loop:
             loss_sum += out[0].loss_sum.detach()
             self.real_tokens += b.num_real_tokens
             self.padded_tokens += b.num_padded_tokens
+            self.largest_micro = max(self.largest_micro, b.num_padded_tokens)
         return all_reduce_sum(loss_sum, self.rt).item() / max(total, 1.0)
 
     def optimizer_step(self, model: nn.Module) -> None:

@@ -27,22 +27,13 @@ from kubetune_trainer import summary as summary_mod
 from kubetune_trainer.checkpoint import (
     TrainState,
     checkpoint_dir,
-    example_digest,
     latest_checkpoint,
     load_checkpoint,
     read_state,
     save_checkpoint,
 )
-from kubetune_trainer.data import Batch, DataError, collate
-from kubetune_trainer.data.steps import (
-    Reference,
-    Step,
-    plan_steps,
-    rank_share,
-    split_step,
-    step_at,
-    step_examples,
-)
+from kubetune_trainer.data import Batch
+from kubetune_trainer.data.steps import Step, step_at
 from kubetune_trainer.distributed import (
     Runtime,
     all_reduce_sum,
@@ -57,6 +48,7 @@ from kubetune_trainer.failures import NonFiniteLoss, OutOfMemory, Preempted
 from kubetune_trainer.identity import RunRecord, check_resumable, claim_output, commit_claim
 from kubetune_trainer.loss import fused_loss
 from kubetune_trainer.methods import apply_method, load_base_model, save_adapter, validate_method
+from kubetune_trainer.order import DataOrder, reference_of
 from kubetune_trainer.preemption import Agreement, sigterm_stops
 from kubetune_trainer.prepare import Prepared, prepare_data
 from kubetune_trainer.progress import Reporter, StepRecord
@@ -112,16 +104,6 @@ def build_model(cfg: TrainerConfig, rt: Runtime) -> tuple[nn.Module, Any]:
     return shard_model(model, rt, t.zero_stage, param_dtype), info
 
 
-def reference_of(cfg: TrainerConfig, rt: Runtime) -> Reference:
-    """This attempt's batch settings (the run's reference when it is the first attempt)."""
-    t = cfg.training
-    try:
-        micro = t.resolved_micro_batch(rt.world_size)
-    except ValueError as err:
-        raise ConfigError([str(err)]) from None
-    return Reference(micro, t.gradient_accumulation_steps, rt.world_size, t.max_tokens_per_batch)
-
-
 def output_of(cfg: TrainerConfig) -> Path:
     return Path(cfg.output.path or "output")
 
@@ -143,12 +125,9 @@ class Loop:
         self.t = cfg.training
         here = reference_of(cfg, rt)
         self.record = record or claim_output(self.output, cfg, here, resume=opts.resume)
-        self.ref = self.record.plan_reference
         self.micro, self.accum = here.micro_batch_size, here.accumulation
         self.pad_id = int(data.tokenizer.pad_token_id)
-        self.lengths = [len(e.input_ids) for e in data.train]
-        self.budget = self.ref.token_budget(max(self.lengths), self.micro)
-        self._check_packing_fits()
+        self.order = DataOrder(data, self.t, self.record.plan_reference, self.micro, rt)
         self.autocast = _autocast(self.t.precision, rt.device)
         self.state = TrainState(learning_rate=self.t.learning_rate)
         self.saved_step = -1
@@ -164,99 +143,26 @@ class Loop:
         self.optimizer = torch.optim.AdamW(
             trainable, lr=self.t.learning_rate, weight_decay=self.t.weight_decay
         )
-        self.total = self.total_steps()
+        self.total = self.order.total_steps()
         self.scheduler = build_scheduler(
             self.optimizer, self.total, self.t.warmup_ratio, self.t.scheduler
         )
         self.scaler = torch.amp.GradScaler(rt.device.type, enabled=self.t.precision == "fp16")
 
-    # -- data order -----------------------------------------------------------------------
-    def _check_packing_fits(self) -> None:
-        """Under packing, an example over the token budget is bad data: name its file:line."""
-        if self.t.dynamic_batching != "packing":
-            return
-        budget = self.ref.token_budget(max(self.lengths))
-        over = [e for e in self.data.train if len(e.input_ids) > budget]
-        if over:
-            e = max(over, key=len)
-            raise DataError(
-                e.path,
-                e.line,
-                f"{len(e)} tokens, more than the packing budget of {budget} tokens per "
-                f"micro-batch ({len(over)} examples in all); raise training.maxTokensPerBatch or "
-                "lower dataset.maxInputTokens + maxTargetTokens",
-            )
-
+    # -- data order (kubetune_trainer.order) -------------------------------------------------
     def epoch_steps(self, epoch: int) -> list[Step]:
-        """This epoch's optimizer steps (indices into `data.train`; a mixture draws a subset)."""
-        drawn = self.data.epoch_indices(self.t.seed, epoch)
-        plan = plan_steps(
-            [self.lengths[i] for i in drawn],
-            mode=self.t.dynamic_batching,
-            ref=self.ref,
-            seed=self.t.seed,
-            epoch=epoch,
-        )
-        return [[[drawn[i] for i in mb] for mb in step] for step in plan]
-
-    def split(self, step: Step) -> list[list[int]]:
-        """One step's micro-batches at this attempt's micro-batch size and token budget."""
-        return split_step(
-            step,
-            self.lengths,
-            mode=self.t.dynamic_batching,
-            micro_batch_size=self.micro,
-            budget=self.budget,
-        )
+        return self.order.epoch_steps(epoch)
 
     def epoch_batches(self, epoch: int) -> list[list[int]]:
-        """All micro-batches of an epoch, in order."""
-        return [mb for step in self.epoch_steps(epoch) for mb in self.split(step)]
-
-    def total_steps(self) -> int:
-        total = sum(len(self.epoch_steps(e)) for e in range(self.t.epochs))
-        return min(total, self.t.max_steps) if self.t.max_steps else total
+        return self.order.epoch_batches(epoch)
 
     def micro_batch(self, batches: list[list[int]], slot: int) -> Batch:
-        """Micro-batch `slot` of `batches`; -1 is a no-loss filler (a copy of the first)."""
-        batch = collate(
-            [self.data.train[i] for i in batches[max(slot, 0)]],
-            mode=self.t.dynamic_batching,
-            pad_token_id=self.pad_id,
-        )
-        if slot < 0:
-            batch.labels.fill_(-100)
-            batch.num_real_tokens = 0
-        return batch
-
-    def step_batches(self, step: Step) -> list[Batch]:
-        """This process's share of one step, as tensors."""
-        mbs = self.split(step)
-        share = rank_share(mbs, self.rt.rank, self.rt.world_size)
-        return [
-            self.micro_batch(mbs, -1) if mb is None else self.micro_batch([mb], 0) for mb in share
-        ]
-
-    def advance(self, steps: list[Step], k: int) -> None:
-        """Account for step k of the epoch: the step counter, the sample cursor, the tally."""
-        st = self.state
-        done = step_examples(steps[k])
-        st.global_step += 1
-        st.tally(st.epoch).add(done)
-        st.cursor += len(done)
-        if k == len(steps) - 1:
-            st.epoch, st.cursor = st.epoch + 1, 0
+        return self.order.micro_batch(batches, slot)
 
     def accounting(self) -> dict[str, Any]:
-        """Examples trained per epoch, and whether each epoch trained every drawn example once."""
-        expected = []
-        for e, tally in enumerate(self.state.tallies):
-            drawn = self.data.epoch_indices(self.t.seed, e)
-            digest = sum(example_digest(i) for i in drawn) % 2**64
-            expected.append(tally.examples == len(drawn) and tally.digest == digest)
+        """For the summary: examples per epoch (and whether each was trained once), the run."""
         return {
-            "examples_per_epoch": [t.examples for t in self.state.tallies],
-            "every_example_once_per_epoch": expected,
+            **self.order.accounting(self.state),
             "run_id": self.record.run_id,
             "resumed_from_step": self.resumed_from,
             "largest_micro_batch_tokens": self.largest_micro,
@@ -475,14 +381,15 @@ def _epochs(loop: Loop, model: nn.Module, total: int, reporter: Reporter) -> Non
         steps = loop.epoch_steps(st.epoch)
         for k in range(step_at(steps, st.cursor), len(steps)):
             started = time.perf_counter()
-            loss = loop._maybe_fault(st.global_step, loop.step(model, loop.step_batches(steps[k])))
+            batches = loop.order.step_batches(steps[k])
+            loss = loop._maybe_fault(st.global_step, loop.step(model, batches))
             if not torch.isfinite(torch.tensor(loss)):
                 raise NonFiniteLoss(
                     f"loss became {loss} at step {st.global_step + 1}", step=st.global_step + 1
                 )
             loop.optimizer_step(model)
             loop.train_seconds += time.perf_counter() - started
-            loop.advance(steps, k)
+            loop.order.advance(st, steps, k)
             loop.last_loss = loss
             loop.first_loss = loss if loop.first_loss is None else loop.first_loss
             _after_step(loop, model, total, reporter)

@@ -27,7 +27,7 @@ from kubetune_trainer.summary import write
 RT = Runtime(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
 
 
-def _model() -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+def _model() -> tuple[torch.nn.Linear, torch.optim.Optimizer]:
     torch.manual_seed(0)
     model = torch.nn.Linear(4, 2)
     opt = torch.optim.AdamW(model.parameters(), lr=0.1)
@@ -44,7 +44,7 @@ def test_checkpoint_round_trip_with_weights_only(tmp_path: Path) -> None:
     assert path == latest_checkpoint(tmp_path) and path.name == "step-000003"
     assert not list(path.parent.glob(f"{TMP_PREFIX}*"))
     expected = torch.rand(3)
-    fresh, fresh_opt = torch.nn.Linear(4, 2), torch.optim.AdamW(torch.nn.Linear(4, 2).parameters())
+    fresh = torch.nn.Linear(4, 2)
     fresh_opt = torch.optim.AdamW(fresh.parameters(), lr=0.1)
     loaded, extra = load_checkpoint(path, fresh, fresh_opt, RT)
     assert torch.rand(3).equal(expected)  # RNG restored to the saved state

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from kubetune_api import ConfigError
+from kubetune_api import ConfigError, TrainerConfig
 from kubetune_api.trainer_config import parse_trainer_config
 from kubetune_trainer.data.steps import Reference
 from kubetune_trainer.identity import (
@@ -22,7 +22,7 @@ from kubetune_trainer.identity import (
 REF = Reference(8, 2, 1, None)
 
 
-def _cfg(tmp: Path, **training: object):  # type: ignore[no-untyped-def]
+def _cfg(tmp: Path, **training: object) -> TrainerConfig:
     return parse_trainer_config(
         {
             "model": {"name": "m"},

@@ -1,8 +1,12 @@
 """The training loop: read top to bottom, it is the whole recipe.
 
-    config -> tokenizer, data -> base model + PEFT method -> (FSDP2 shards) -> AdamW + schedule
-    -> for each optimizer step: accumulate micro-batches, loss normalised by the target tokens
-       of all of them (on all processes) -> clip, step -> log / eval / checkpoint
+    config -> which run (identity: a foreign output folder is refused) -> tokenizer, data
+    -> base model + PEFT method -> (FSDP2 shards) -> AdamW + schedule -> resume (same run only)
+    -> for each optimizer step of the run's fixed plan (`order`): accumulate this attempt's
+       micro-batches, loss normalised by the target tokens of all of them (on all processes)
+       -> clip, step -> log / eval -> all processes vote (SIGTERM? timer?) -> checkpoint every
+       saveEverySteps, every checkpointEveryMinutes, after the last step and on SIGTERM (then
+       exit 6 Preempted)
     -> adapter + summary.json
 
 It knows nothing about Kubernetes: the operator plugs a status reporter into `reporters`.

@@ -133,6 +133,8 @@ def chunked_cross_entropy(
 
 def _output_layer(model: nn.Module) -> nn.Linear:
     inner: Any = model
+    if isinstance(getattr(inner, "module", None), nn.Module):  # DDP (zeroStage 0, processes > 1)
+        inner = inner.module
     if hasattr(inner, "get_base_model"):  # peft PeftModel
         inner = inner.get_base_model()
     head = inner.get_output_embeddings()

@@ -1,8 +1,12 @@
 """The training loop: read top to bottom, it is the whole recipe.
 
-    config -> tokenizer, data -> base model + PEFT method -> (FSDP2 shards) -> AdamW + schedule
-    -> for each optimizer step: accumulate micro-batches, loss normalised by the target tokens
-       of all of them (on all processes) -> clip, step -> log / eval / checkpoint
+    config -> which run (identity: a foreign output folder is refused) -> tokenizer, data
+    -> base model + PEFT method -> (FSDP2 shards) -> AdamW + schedule -> resume (same run only)
+    -> for each optimizer step of the run's fixed plan (`order`): accumulate this attempt's
+       micro-batches, loss normalised by the target tokens of all of them (on all processes)
+       -> clip, step -> log / eval -> all processes vote (SIGTERM? timer?) -> checkpoint every
+       saveEverySteps, every checkpointEveryMinutes, after the last step and on SIGTERM (then
+       exit 6 Preempted)
     -> adapter + summary.json
 
 It knows nothing about Kubernetes: the operator plugs a status reporter into `reporters`.
@@ -26,23 +30,30 @@ from kubetune_trainer import packed_attention
 from kubetune_trainer import summary as summary_mod
 from kubetune_trainer.checkpoint import (
     TrainState,
+    checkpoint_dir,
     latest_checkpoint,
     load_checkpoint,
+    read_state,
     save_checkpoint,
 )
-from kubetune_trainer.data import Batch, collate, plan_batches
+from kubetune_trainer.data import Batch
+from kubetune_trainer.data.steps import Step, step_at
 from kubetune_trainer.distributed import (
     Runtime,
     all_reduce_sum,
+    barrier,
     gradient_sync,
     init_runtime,
     shard_model,
     unwrap,
 )
 from kubetune_trainer.evaluate import evaluate
-from kubetune_trainer.failures import NonFiniteLoss, OutOfMemory
+from kubetune_trainer.failures import NonFiniteLoss, OutOfMemory, Preempted
+from kubetune_trainer.identity import RunRecord, check_resumable, claim_output, commit_claim
 from kubetune_trainer.loss import fused_loss
 from kubetune_trainer.methods import apply_method, load_base_model, save_adapter, validate_method
+from kubetune_trainer.order import DataOrder, reference_of
+from kubetune_trainer.preemption import Agreement, sigterm_stops
 from kubetune_trainer.prepare import Prepared, prepare_data
 from kubetune_trainer.progress import Reporter, StepRecord
 from kubetune_trainer.schedule import build_scheduler
@@ -54,9 +65,7 @@ DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 class RunOptions:
     """How to run (not what to train): resume, device, reporting, test hooks."""
 
-    resume: str = (
-        "auto"  # "auto": resume from the output dir's latest checkpoint if any; "never"; or a path
-    )
+    resume: str = "auto"  # "auto": the output dir's latest checkpoint; "never"; or a path
     device: str | None = None  # None: cuda if available, else cpu
     reporters: list[Reporter] = field(default_factory=list)
     stop_after_steps: int | None = None  # simulate preemption after N steps (checkpoint, then stop)
@@ -99,22 +108,37 @@ def build_model(cfg: TrainerConfig, rt: Runtime) -> tuple[nn.Module, Any]:
     return shard_model(model, rt, t.zero_stage, param_dtype), info
 
 
+def output_of(cfg: TrainerConfig) -> Path:
+    return Path(cfg.output.path or "output")
+
+
 class Loop:
     """One training run's state and steps: data order, optimizer, schedule, loss scaling."""
 
     def __init__(
-        self, cfg: TrainerConfig, opts: RunOptions, rt: Runtime, data: Prepared, model: nn.Module
+        self,
+        cfg: TrainerConfig,
+        opts: RunOptions,
+        rt: Runtime,
+        data: Prepared,
+        model: nn.Module,
+        record: RunRecord | None = None,
     ) -> None:
         self.cfg, self.opts, self.rt, self.data = cfg, opts, rt, data
-        self.output = Path(cfg.output.path or "output")
+        self.output = output_of(cfg)
         self.t = cfg.training
-        self.micro = self.t.resolved_micro_batch(rt.world_size)
-        self.accum = self.t.gradient_accumulation_steps
+        here = reference_of(cfg, rt)
+        self.record = record or claim_output(self.output, cfg, here, resume=opts.resume)
+        self.micro, self.accum = here.micro_batch_size, here.accumulation
         self.pad_id = int(data.tokenizer.pad_token_id)
-        self.lengths = [len(e.input_ids) for e in data.train]
+        self.order = DataOrder(data, self.t, self.record.plan_reference, self.micro, rt)
         self.autocast = _autocast(self.t.precision, rt.device)
         self.state = TrainState(learning_rate=self.t.learning_rate)
+        self.saved_step = -1
+        self.resumed_from = 0
+        self.agreement = Agreement(rt, self.t.checkpoint_every_minutes)
         self.real_tokens = self.padded_tokens = 0
+        self.largest_micro = 0  # token slots of this attempt's largest micro-batch
         self.train_seconds = 0.0
         self.last_loss = float("nan")
         self.first_loss: float | None = None
@@ -123,50 +147,30 @@ class Loop:
         self.optimizer = torch.optim.AdamW(
             trainable, lr=self.t.learning_rate, weight_decay=self.t.weight_decay
         )
-        self.total = self.total_steps()
+        self.total = self.order.total_steps()
         self.scheduler = build_scheduler(
             self.optimizer, self.total, self.t.warmup_ratio, self.t.scheduler
         )
         self.scaler = torch.amp.GradScaler(rt.device.type, enabled=self.t.precision == "fp16")
 
-    # -- data order -----------------------------------------------------------------------
+    # -- data order (kubetune_trainer.order) -------------------------------------------------
+    def epoch_steps(self, epoch: int) -> list[Step]:
+        return self.order.epoch_steps(epoch)
+
     def epoch_batches(self, epoch: int) -> list[list[int]]:
-        """Micro-batches of this epoch as indices into `data.train` (a mixture draws a subset)."""
-        drawn = self.data.epoch_indices(self.t.seed, epoch)
-        plan = plan_batches(
-            [self.lengths[i] for i in drawn],
-            mode=self.t.dynamic_batching,
-            micro_batch_size=self.micro,
-            max_tokens=self.t.max_tokens_per_batch,
-            seed=self.t.seed,
-            epoch=epoch,
-        )
-        return [[drawn[i] for i in batch] for batch in plan]
-
-    def rank_slots(self, n_batches: int) -> list[int]:
-        """This process's micro-batches; -1 marks a no-loss filler so all processes step together."""
-        world = self.rt.world_size
-        slots = list(range(n_batches)) + [-1] * (-n_batches % world)
-        return slots[self.rt.rank :: world]
-
-    def steps_in_epoch(self, n_batches: int) -> int:
-        per_rank = -(-n_batches // self.rt.world_size)
-        return -(-per_rank // self.accum)
-
-    def total_steps(self) -> int:
-        total = sum(self.steps_in_epoch(len(self.epoch_batches(e))) for e in range(self.t.epochs))
-        return min(total, self.t.max_steps) if self.t.max_steps else total
+        return self.order.epoch_batches(epoch)
 
     def micro_batch(self, batches: list[list[int]], slot: int) -> Batch:
-        batch = collate(
-            [self.data.train[i] for i in batches[max(slot, 0)]],
-            mode=self.t.dynamic_batching,
-            pad_token_id=self.pad_id,
-        )
-        if slot < 0:
-            batch.labels.fill_(-100)
-            batch.num_real_tokens = 0
-        return batch
+        return self.order.micro_batch(batches, slot)
+
+    def accounting(self) -> dict[str, Any]:
+        """For the summary: examples per epoch (and whether each was trained once), the run."""
+        return {
+            **self.order.accounting(self.state),
+            "run_id": self.record.run_id,
+            "resumed_from_step": self.resumed_from,
+            "largest_micro_batch_tokens": self.largest_micro,
+        }
 
     # -- one optimizer step -----------------------------------------------------------------
     def step(self, model: nn.Module, micro_batches: list[Batch]) -> float:
@@ -193,6 +197,7 @@ class Loop:
             loss_sum += out[0].loss_sum.detach()
             self.real_tokens += b.num_real_tokens
             self.padded_tokens += b.num_padded_tokens
+            self.largest_micro = max(self.largest_micro, b.num_padded_tokens)
         return all_reduce_sum(loss_sum, self.rt).item() / max(total, 1.0)
 
     def optimizer_step(self, model: nn.Module) -> None:
@@ -206,14 +211,28 @@ class Loop:
         self.optimizer.zero_grad(set_to_none=True)
 
     # -- checkpoints and evaluation ----------------------------------------------------------------
+    def identity(self) -> dict[str, Any]:
+        """What a checkpoint records about the run it belongs to (`identity` rule 2)."""
+        r = self.record
+        return {
+            "run_id": r.run_id,
+            "config": r.config,
+            "config_hash": r.config_hash,
+            "data_hash": self.data.data_hash,
+        }
+
     def save(self, model: nn.Module) -> Path:
+        """Checkpoint now (collective), unless this step is saved already."""
+        if self.saved_step == self.state.global_step:
+            return checkpoint_dir(self.output, self.saved_step)
         extra = {
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
             "real_tokens": self.real_tokens,
             "padded_tokens": self.padded_tokens,
         }
-        return save_checkpoint(
+        self.state.run = self.identity()
+        path = save_checkpoint(
             self.output,
             model,
             self.optimizer,
@@ -222,17 +241,36 @@ class Loop:
             self.rt,
             keep=self.opts.keep_checkpoints,
         )
+        self.saved_step = self.state.global_step
+        self.agreement.saved()
+        return path
+
+    def _checkpoint_to_resume(self) -> Path | None:
+        if self.opts.resume == "never":
+            return None
+        if self.opts.resume == "auto":
+            return latest_checkpoint(self.output)
+        path = Path(self.opts.resume)
+        if not (path / "state.json").exists():
+            raise ConfigError([f"--resume: no checkpoint at {path} (no state.json)"])
+        return path
 
     def resume(self, model: nn.Module) -> None:
-        path: Path | None
-        if self.opts.resume == "never":
-            return
-        path = (
-            latest_checkpoint(self.output) if self.opts.resume == "auto" else Path(self.opts.resume)
-        )
+        """Restore the checkpoint this run resumes from, if any (identity rules 2 and 3)."""
+        path = self._checkpoint_to_resume()
         if path is None:
             return
+        saved = read_state(path)
+        check_resumable(
+            path, saved.run, self.record, self.data.data_hash, check_run=self.opts.resume == "auto"
+        )
+        try:
+            if saved.epoch < self.t.epochs:
+                step_at(self.epoch_steps(saved.epoch), saved.cursor)
+        except ValueError as err:
+            raise ConfigError([f"checkpoint {path} cannot resume this run: {err}"]) from None
         self.state, extra = load_checkpoint(path, model, self.optimizer, self.rt)
+        self.saved_step = self.resumed_from = self.state.global_step
         self.scheduler.load_state_dict(extra["scheduler"])
         # The config's learning rate wins over the checkpoint's: the operator divides it by 3 when it
         # retries after a NaN loss, and the schedule's position (step) still comes from the checkpoint.
@@ -286,16 +324,22 @@ def run(cfg: TrainerConfig, opts: RunOptions) -> dict[str, Any]:
 def fit(cfg: TrainerConfig, opts: RunOptions) -> tuple[nn.Module, dict[str, Any]]:
     """`run`, also returning the trained model (tests compare it with the reloaded adapter)."""
     rt = init_runtime(opts.device)
-    torch.manual_seed(cfg.training.seed)
-    data = prepare_data(cfg)
-    model, info = build_model(cfg, rt)
-    loop = Loop(cfg, opts, rt, data, model)
-    return model, _train(loop, model, info)
+    with sigterm_stops():
+        # Which run this is, before any data or weights load: a foreign output folder is refused.
+        record = claim_output(output_of(cfg), cfg, reference_of(cfg, rt), resume=opts.resume)
+        torch.manual_seed(cfg.training.seed)
+        data = prepare_data(cfg)
+        model, info = build_model(cfg, rt)
+        loop = Loop(cfg, opts, rt, data, model, record)
+        return model, _train(loop, model, info)
 
 
 def _train(loop: Loop, model: nn.Module, info: Any) -> dict[str, Any]:
     rt, total = loop.rt, loop.total
     loop.resume(model)
+    if rt.is_main:
+        commit_claim(loop.output, loop.record, resume=loop.opts.resume)
+    barrier(rt)
     reporter = _main_reporter(loop)
     reporter.on_start(
         total,
@@ -303,12 +347,12 @@ def _train(loop: Loop, model: nn.Module, info: Any) -> dict[str, Any]:
             "start_step": loop.state.global_step,
             "world_size": rt.world_size,
             "micro_batch_size": loop.micro,
+            "gradient_accumulation_steps": loop.accum,
             "trainable_fraction": info.trainable_fraction,
         },
     )
-    last_ckpt: Path | None = None
     try:
-        last_ckpt = _epochs(loop, model, total, reporter)
+        _epochs(loop, model, total, reporter)
     except NonFiniteLoss as err:
         err.checkpoint = str(latest_checkpoint(loop.output) or "")
         raise
@@ -319,7 +363,10 @@ def _train(loop: Loop, model: nn.Module, info: Any) -> dict[str, Any]:
             checkpoint=str(latest_checkpoint(loop.output) or ""),
         ) from err
     if loop.state.global_step < total:  # stopped early on purpose (preemption test)
-        return {"stopped_at_step": loop.state.global_step, "checkpoint": str(last_ckpt)}
+        return {
+            "stopped_at_step": loop.state.global_step,
+            "checkpoint": str(latest_checkpoint(loop.output)),
+        }
     loop.run_eval(model)
     return _finish(loop, model, info, total, reporter)
 
@@ -330,36 +377,43 @@ def _main_reporter(loop: Loop) -> Reporter:
     return Reporters(loop.opts.reporters if loop.rt.is_main else [])
 
 
-def _epochs(loop: Loop, model: nn.Module, total: int, reporter: Reporter) -> Path | None:
+def _epochs(loop: Loop, model: nn.Module, total: int, reporter: Reporter) -> None:
     t, st = loop.t, loop.state
-    last: Path | None = None
+    if loop.agreement.poll().stop:  # SIGTERM while the data or the model loaded
+        _preempt(loop, model)
     while st.global_step < total and st.epoch < t.epochs:
-        batches = loop.epoch_batches(st.epoch)
-        slots = loop.rank_slots(len(batches))
-        for s in range(st.batch_in_epoch, loop.steps_in_epoch(len(batches))):
+        steps = loop.epoch_steps(st.epoch)
+        for k in range(step_at(steps, st.cursor), len(steps)):
             started = time.perf_counter()
-            micro = [
-                loop.micro_batch(batches, slot)
-                for slot in slots[s * loop.accum : (s + 1) * loop.accum]
-            ]
-            loss = loop._maybe_fault(st.global_step, loop.step(model, micro))
+            batches = loop.order.step_batches(steps[k])
+            loss = loop._maybe_fault(st.global_step, loop.step(model, batches))
             if not torch.isfinite(torch.tensor(loss)):
                 raise NonFiniteLoss(
                     f"loss became {loss} at step {st.global_step + 1}", step=st.global_step + 1
                 )
             loop.optimizer_step(model)
             loop.train_seconds += time.perf_counter() - started
-            st.global_step, st.batch_in_epoch = st.global_step + 1, s + 1
+            loop.order.advance(st, steps, k)
             loop.last_loss = loss
             loop.first_loss = loss if loop.first_loss is None else loop.first_loss
-            last = _after_step(loop, model, total, reporter) or last
+            _after_step(loop, model, total, reporter)
             if st.global_step >= total or st.global_step == loop.opts.stop_after_steps:
-                return loop.save(model) if st.global_step == loop.opts.stop_after_steps else last
-        st.epoch, st.batch_in_epoch = st.epoch + 1, 0
-    return last
+                return
 
 
-def _after_step(loop: Loop, model: nn.Module, total: int, reporter: Reporter) -> Path | None:
+def _preempt(loop: Loop, model: nn.Module) -> None:
+    """Checkpoint (every process), then leave with reason Preempted."""
+    path = loop.save(model) if loop.state.global_step > 0 else None
+    step = loop.state.global_step
+    where = f"checkpoint {path}" if path else "nothing trained yet"
+    raise Preempted(
+        f"asked to stop (SIGTERM) after step {step}; {where}: resume from it",
+        step=step,
+        checkpoint=str(path or ""),
+    )
+
+
+def _after_step(loop: Loop, model: nn.Module, total: int, reporter: Reporter) -> None:
     t, st = loop.t, loop.state
     lr = float(loop.scheduler.get_last_lr()[0])
     if st.global_step % t.logging_steps == 0 or st.global_step == total:
@@ -380,9 +434,13 @@ def _after_step(loop: Loop, model: nn.Module, total: int, reporter: Reporter) ->
         metrics = loop.run_eval(model)
         if metrics:
             reporter.on_eval(st.global_step, metrics)
-    if t.save_every_steps and st.global_step % t.save_every_steps == 0:
-        return loop.save(model)
-    return None
+    vote = loop.agreement.poll()  # collective: every process, every step
+    every = bool(t.save_every_steps) and st.global_step % (t.save_every_steps or 1) == 0
+    last = st.global_step in (total, loop.opts.stop_after_steps)
+    if every or last or vote.timer_due or vote.stop:
+        loop.save(model)
+    if vote.stop:
+        _preempt(loop, model)
 
 
 def _finish(

@@ -14,9 +14,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
 
+from kubetune_api.names import FINETUNEJOB_PLURAL as PLURAL
+from kubetune_api.names import GROUP, VERSION
+
 log = logging.getLogger(__name__)
 
-GROUP, VERSION, PLURAL = "kubetune.io", "v1alpha1", "finetunejobs"
 NAMESPACE_FILE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 
 Fetch = Callable[[str, str], dict[str, Any]]

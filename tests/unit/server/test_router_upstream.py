@@ -14,10 +14,10 @@ from typing import Any
 
 import httpx
 import pytest
-from test_server_app import raw_post, serve
 
 from kubetune_server.router_app import create_router_app
 from kubetune_server.settings import RouterSettings
+from unit.server.http import raw_post, serve
 
 KEY = "router-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}

@@ -13,17 +13,16 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from types import SimpleNamespace
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 
 from kubetune_server.app import create_app
 from kubetune_server.engine import GenerationJob
 from kubetune_server.settings import ServerSettings
+from unit.server.http import raw_post, serve
 
 KEY = "s3cret-token"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -77,25 +76,6 @@ class FakeEngine:
                     reasons[row] = "stop"
                     break
         return reasons
-
-
-@contextmanager
-def serve(app: Any) -> Iterator[str]:
-    """Run `app` with uvicorn on a free port in a thread; yield its URL."""
-    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.01)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
 
 
 def settings(**kw: Any) -> ServerSettings:
@@ -369,26 +349,6 @@ def test_sampling_fields_at_their_limits_are_served(client: httpx.Client) -> Non
     for fields in ({"seed": 2**64 - 1}, {"seed": -(2**63)}, {"temperature": 0.01}, {"top_p": 1e-9}):
         response = client.post("/v1/chat/completions", json=chat(max_tokens=2, **fields))
         assert response.status_code == 200, (fields, response.text)
-
-
-def raw_post(url: str, head: str, body: bytes = b"") -> tuple[int, dict[str, Any], float]:
-    """Send a request head (and maybe part of a body) on a raw socket; status, error, seconds."""
-    import socket
-    from urllib.parse import urlsplit
-
-    parts = urlsplit(url)
-    with socket.create_connection((parts.hostname, parts.port), timeout=10) as sock:
-        start = time.perf_counter()
-        sock.sendall(head.encode() + b"\r\n\r\n" + body)
-        data = b""
-        while b"\r\n\r\n" not in data or not data.rstrip().endswith(b"}"):
-            chunk = sock.recv(65536)
-            if not chunk:
-                break
-            data += chunk
-        elapsed = time.perf_counter() - start
-    head_bytes, _, payload = data.partition(b"\r\n\r\n")
-    return int(head_bytes.split()[1]), json.loads(payload)["error"], elapsed
 
 
 def test_the_key_is_checked_before_the_body_is_read(client: httpx.Client) -> None:

@@ -220,7 +220,9 @@ class TrainingSpec(ApiModel):
     max_tokens_per_batch: int | None = Field(
         default=None,
         ge=16,
-        description="Token budget of a packed micro-batch (default: micro x longest).",
+        description="Token budget of a packed micro-batch at the run's first microBatchSize "
+        "(default: microBatchSize x the longest example). An out-of-memory retry that halves "
+        "microBatchSize halves the budget too; optimizer steps keep the same examples.",
     )
     max_steps: int | None = Field(
         default=None, ge=1, description="Stop after this many optimizer steps."
@@ -230,7 +232,19 @@ class TrainingSpec(ApiModel):
         default=None, ge=1, description="Evaluate every N steps (and at the end)."
     )
     save_every_steps: int | None = Field(
-        default=None, ge=1, description="Checkpoint every N steps (and at the end)."
+        default=None,
+        ge=1,
+        description="Also checkpoint every N optimizer steps (besides checkpointEveryMinutes). "
+        "Whatever the intervals, a checkpoint is written after the last step and when the pod "
+        "is asked to stop (SIGTERM).",
+    )
+    checkpoint_every_minutes: float = Field(
+        default=10,
+        ge=0,
+        le=1440,
+        description="Checkpoint when this many minutes have passed since the last checkpoint "
+        "(or the start), checked after every optimizer step; 0 turns the timer off. A kill loses "
+        "at most this much training (or saveEverySteps steps, whichever comes first).",
     )
     repetition_penalty: float = Field(
         default=0.0,

@@ -4,7 +4,8 @@ A trainer pod ends with an exit code and a one-line JSON object in its terminati
 (`/dev/termination-log`, which Kubernetes copies into the container's terminated state). The
 trainer writes it (`kubetune_trainer.failures`); the operator reads it back with
 `TerminationReason.parse` and decides whether to retry (OutOfMemory: smaller micro-batch;
-NaNLoss: lower learning rate from the last good checkpoint) or fail. A run that succeeds writes
+NaNLoss: lower learning rate from the last good checkpoint; Preempted: the pod was asked to stop,
+wrote a checkpoint and exited, a disruption rather than a failure of the run) or fail. A run that succeeds writes
 a line too (reason `Succeeded`, with its final eval and train loss): the operator reads a
 search trial's result from it. Both sides use this module, so the contract is written once.
 Imports nothing outside the standard library.
@@ -18,6 +19,7 @@ from enum import IntEnum
 
 MAX_MESSAGE_BYTES = 4096  # the kubelet keeps at most 4096 bytes of a termination message
 SUCCEEDED = "Succeeded"
+PREEMPTED = "Preempted"  # not a failure of the run: a disruption, resumed from its checkpoint
 
 
 class ExitCode(IntEnum):
@@ -29,6 +31,7 @@ class ExitCode(IntEnum):
     INVALID_DATA = 3
     OUT_OF_MEMORY = 4
     NAN_LOSS = 5
+    PREEMPTED = 6  # SIGTERM (pod deletion, eviction, preemption): checkpoint written, then exit
 
 
 REASONS = {
@@ -37,6 +40,7 @@ REASONS = {
     ExitCode.INVALID_DATA: "InvalidData",
     ExitCode.OUT_OF_MEMORY: "OutOfMemory",
     ExitCode.NAN_LOSS: "NaNLoss",
+    ExitCode.PREEMPTED: PREEMPTED,
 }
 # The reason of an exit code whose termination message is missing or not ours (exit 1 is left
 # out: a plain error says nothing a retry policy could use).

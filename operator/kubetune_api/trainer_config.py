@@ -35,6 +35,15 @@ from kubetune_api.finetune import (
 
 M = TypeVar("M", bound=ApiModel)
 
+# What the operator's retry policy changes between attempts of one run (OutOfMemory: micro-batch
+# and accumulation; NaNLoss: learning rate). A checkpoint is resumed only under a config that
+# differs from its own in these fields alone (and in `output`, which is where it was found).
+RETRY_FIELDS = (
+    "training.microBatchSize",
+    "training.gradientAccumulationSteps",
+    "training.learningRate",
+)
+
 SEED_KEYS = {
     "model_name",
     "framework",

@@ -3,10 +3,12 @@
     kubetune train --config cfg.yaml [--train_path P] [--eval_path P] [--output_dir D]
     swift-finetune --config config.yaml --train_path data/train.jsonl --eval_path data/eval.jsonl --output_dir ./output
 
-Exit codes (see kubetune_api.termination.ExitCode): 0 done, 2 invalid config (one line per problem), 3 invalid
-data (file:line: reason), 4 out of memory, 5 NaN/inf loss, 1 anything else. A failure also
-writes a one-line JSON reason to the termination log; success writes a `Succeeded` line with
-the final losses (the first process of a pod only: torchrun's LOCAL_RANK 0).
+Exit codes (see kubetune_api.termination.ExitCode): 0 done, 2 invalid config (one line per
+problem), 3 invalid data (file:line: reason), 4 out of memory, 5 NaN/inf loss, 6 preempted
+(SIGTERM: a checkpoint was written, resume with the same command), 1 anything else. A failure
+also writes a one-line JSON reason to the termination log, success a `Succeeded` line with the
+final losses; one process writes it (`failures.writes_termination`: torchrun's RANK 0 for the
+outcomes all processes share, else the process that failed).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from kubetune_trainer.failures import (
     termination_log_path,
     write_success,
     write_termination,
+    writes_termination,
 )
 
 
@@ -45,7 +48,8 @@ def build_parser(prog: str = "kubetune train") -> argparse.ArgumentParser:
     p.add_argument(
         "--resume",
         default="auto",
-        help="auto (latest checkpoint in the output dir, if any), never, or a checkpoint path",
+        help="auto (the output dir's latest checkpoint of this run, if any); never (start a new "
+        "run there: its checkpoints are deleted); or a checkpoint path",
     )
     p.add_argument(
         "--device", choices=["cpu", "cuda"], default=None, help="default: cuda if available"
@@ -85,7 +89,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "kubetune train") -> int
             return _fail(term, ExitCode.OUT_OF_MEMORY, [str(err).splitlines()[0]])
         _fail(term, ExitCode.ERROR, [f"{type(err).__name__}: {err}"])
         raise
-    if os.environ.get("LOCAL_RANK", "0") == "0":
+    if writes_termination(ExitCode.SUCCESS, rank=_rank(), told_to_stop=False):
         write_success(term, summary)
     print(
         json.dumps(
@@ -118,13 +122,20 @@ def _run(cfg: object, args: argparse.Namespace) -> dict[str, object]:
     return run(cfg, opts)  # type: ignore[arg-type]
 
 
+def _rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
 def _fail(term: object, code: ExitCode, lines: list[str], **where: object) -> int:
     from pathlib import Path
+
+    from kubetune_trainer.preemption import STOP
 
     for line in lines:
         print(f"error: {line}", file=sys.stderr)
     path = term if isinstance(term, Path) else None
-    write_termination(path, code, "; ".join(lines), **where)  # type: ignore[arg-type]
+    if writes_termination(code, rank=_rank(), told_to_stop=STOP.requested):
+        write_termination(path, code, "; ".join(lines), **where)  # type: ignore[arg-type]
     return int(code)
 
 

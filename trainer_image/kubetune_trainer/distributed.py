@@ -98,6 +98,12 @@ def gradient_sync(model: nn.Module, enabled: bool) -> Iterator[None]:
         yield
 
 
+def barrier(rt: Runtime) -> None:
+    """Wait for every process (no-op alone)."""
+    if rt.distributed:
+        dist.barrier()
+
+
 def all_reduce_sum(value: torch.Tensor, rt: Runtime) -> torch.Tensor:
     """Sum a tensor over all processes (no-op alone)."""
     if rt.distributed:

@@ -2,8 +2,9 @@
 
 The contract itself (exit codes, reasons, the JSON line and its parser) is
 `kubetune_api.termination`, shared with the operator. This module adds the exceptions that carry
-a reason (`TrainingFailure` and kin), where the termination file is, and the writers of the
-failure and `Succeeded` lines. Called by the CLI around `train.run`.
+a reason (`TrainingFailure` and kin), where the termination file is, who writes it (one process:
+`writes_termination`), and the writers of the failure and `Succeeded` lines. Called by the CLI
+around `train.run`.
 """
 
 from __future__ import annotations
@@ -41,6 +42,35 @@ class OutOfMemory(TrainingFailure):
     """The device ran out of memory."""
 
     code = ExitCode.OUT_OF_MEMORY
+
+
+class Preempted(TrainingFailure):
+    """Asked to stop (SIGTERM: pod deleted, evicted, preempted); a checkpoint was written first."""
+
+    code = ExitCode.PREEMPTED
+
+
+# Outcomes every process reaches together (the config and data are the same everywhere, the loss
+# is all-reduced, the stop is agreed): the global rank 0 alone reports them. An out-of-memory
+# error or a crash is one process's own, so that process reports it, unless it had been told to
+# stop: then it is being torn down (torchrun stops the others when one worker fails) and the
+# real reason is the failed worker's.
+AGREED_OUTCOMES = frozenset(
+    {
+        ExitCode.SUCCESS,
+        ExitCode.INVALID_CONFIG,
+        ExitCode.INVALID_DATA,
+        ExitCode.NAN_LOSS,
+        ExitCode.PREEMPTED,
+    }
+)
+
+
+def writes_termination(code: ExitCode, *, rank: int, told_to_stop: bool) -> bool:
+    """Whether this process writes the termination file for this outcome (one writer only)."""
+    if code in AGREED_OUTCOMES:
+        return rank == 0
+    return not told_to_stop
 
 
 def termination_log_path(explicit: str | None) -> Path | None:

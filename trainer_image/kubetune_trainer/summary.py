@@ -1,13 +1,16 @@
 """The run summary (`summary.json`): metrics, data counts, speed, memory, versions, hashes.
 
 Everything a reviewer needs to trust or reproduce a run: what data went in and what was
-dropped (and why), what trained, how fast, how much memory, which code. Written by the main
+dropped (and why), what trained (examples per epoch, summed over the attempts that resumed one
+another, and whether each epoch trained every example exactly once), how fast, how much memory,
+which code. Every number is valid JSON: NaN and infinities are written as null. Written by the main
 process at the end of `train.run`; `kubetune` prints its metrics.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import resource
 import sys
 from importlib import metadata
@@ -39,6 +42,8 @@ class FinishedRun(Protocol):
     first_loss: float | None
     eval_metrics: dict[str, float]
 
+    def accounting(self) -> dict[str, Any]: ...
+
 
 def peak_memory_bytes(device: torch.device) -> int:
     """Peak device memory on CUDA; peak resident set size of this process on CPU."""
@@ -66,6 +71,7 @@ def build(loop: FinishedRun, info: Any, total_steps: int, adapter_dir: Path) -> 
         "steps": loop.state.global_step,
         "total_steps": total_steps,
         "epochs": loop.t.epochs,
+        **loop.accounting(),
         "world_size": loop.rt.world_size,
         "micro_batch_size": loop.micro,
         "gradient_accumulation_steps": loop.accum,
@@ -87,9 +93,22 @@ def build(loop: FinishedRun, info: Any, total_steps: int, adapter_dir: Path) -> 
     }
 
 
+def json_safe(value: Any) -> Any:
+    """`value` with every NaN or infinity replaced by None (JSON has no such numbers)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    return value
+
+
 def write(output: Path, summary: dict[str, Any]) -> Path:
+    """Write summary.json atomically; strict JSON (`allow_nan=False` after `json_safe`)."""
     path = output / "summary.json"
     tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(summary, indent=2, ensure_ascii=False), encoding="utf-8")
+    text = json.dumps(json_safe(summary), indent=2, ensure_ascii=False, allow_nan=False)
+    tmp.write_text(text, encoding="utf-8")
     tmp.replace(path)
     return path

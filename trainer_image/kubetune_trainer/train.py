@@ -26,23 +26,38 @@ from kubetune_trainer import packed_attention
 from kubetune_trainer import summary as summary_mod
 from kubetune_trainer.checkpoint import (
     TrainState,
+    checkpoint_dir,
+    example_digest,
     latest_checkpoint,
     load_checkpoint,
+    read_state,
     save_checkpoint,
 )
-from kubetune_trainer.data import Batch, collate, plan_batches
+from kubetune_trainer.data import Batch, DataError, collate
+from kubetune_trainer.data.steps import (
+    Reference,
+    Step,
+    plan_steps,
+    rank_share,
+    split_step,
+    step_at,
+    step_examples,
+)
 from kubetune_trainer.distributed import (
     Runtime,
     all_reduce_sum,
+    barrier,
     gradient_sync,
     init_runtime,
     shard_model,
     unwrap,
 )
 from kubetune_trainer.evaluate import evaluate
-from kubetune_trainer.failures import NonFiniteLoss, OutOfMemory
+from kubetune_trainer.failures import NonFiniteLoss, OutOfMemory, Preempted
+from kubetune_trainer.identity import RunRecord, check_resumable, claim_output, commit_claim
 from kubetune_trainer.loss import fused_loss
 from kubetune_trainer.methods import apply_method, load_base_model, save_adapter, validate_method
+from kubetune_trainer.preemption import Agreement, sigterm_stops
 from kubetune_trainer.prepare import Prepared, prepare_data
 from kubetune_trainer.progress import Reporter, StepRecord
 from kubetune_trainer.schedule import build_scheduler
@@ -54,9 +69,7 @@ DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 class RunOptions:
     """How to run (not what to train): resume, device, reporting, test hooks."""
 
-    resume: str = (
-        "auto"  # "auto": resume from the output dir's latest checkpoint if any; "never"; or a path
-    )
+    resume: str = "auto"  # "auto": the output dir's latest checkpoint; "never"; or a path
     device: str | None = None  # None: cuda if available, else cpu
     reporters: list[Reporter] = field(default_factory=list)
     stop_after_steps: int | None = None  # simulate preemption after N steps (checkpoint, then stop)
@@ -99,21 +112,48 @@ def build_model(cfg: TrainerConfig, rt: Runtime) -> tuple[nn.Module, Any]:
     return shard_model(model, rt, t.zero_stage, param_dtype), info
 
 
+def reference_of(cfg: TrainerConfig, rt: Runtime) -> Reference:
+    """This attempt's batch settings (the run's reference when it is the first attempt)."""
+    t = cfg.training
+    try:
+        micro = t.resolved_micro_batch(rt.world_size)
+    except ValueError as err:
+        raise ConfigError([str(err)]) from None
+    return Reference(micro, t.gradient_accumulation_steps, rt.world_size, t.max_tokens_per_batch)
+
+
+def output_of(cfg: TrainerConfig) -> Path:
+    return Path(cfg.output.path or "output")
+
+
 class Loop:
     """One training run's state and steps: data order, optimizer, schedule, loss scaling."""
 
     def __init__(
-        self, cfg: TrainerConfig, opts: RunOptions, rt: Runtime, data: Prepared, model: nn.Module
+        self,
+        cfg: TrainerConfig,
+        opts: RunOptions,
+        rt: Runtime,
+        data: Prepared,
+        model: nn.Module,
+        record: RunRecord | None = None,
     ) -> None:
         self.cfg, self.opts, self.rt, self.data = cfg, opts, rt, data
-        self.output = Path(cfg.output.path or "output")
+        self.output = output_of(cfg)
         self.t = cfg.training
-        self.micro = self.t.resolved_micro_batch(rt.world_size)
-        self.accum = self.t.gradient_accumulation_steps
+        here = reference_of(cfg, rt)
+        self.record = record or claim_output(self.output, cfg, here, resume=opts.resume)
+        self.ref = self.record.plan_reference
+        self.micro, self.accum = here.micro_batch_size, here.accumulation
         self.pad_id = int(data.tokenizer.pad_token_id)
         self.lengths = [len(e.input_ids) for e in data.train]
+        self.budget = self.ref.token_budget(max(self.lengths), self.micro)
+        self._check_packing_fits()
         self.autocast = _autocast(self.t.precision, rt.device)
         self.state = TrainState(learning_rate=self.t.learning_rate)
+        self.saved_step = -1
+        self.resumed_from = 0
+        self.agreement = Agreement(rt, self.t.checkpoint_every_minutes)
         self.real_tokens = self.padded_tokens = 0
         self.train_seconds = 0.0
         self.last_loss = float("nan")
@@ -130,34 +170,54 @@ class Loop:
         self.scaler = torch.amp.GradScaler(rt.device.type, enabled=self.t.precision == "fp16")
 
     # -- data order -----------------------------------------------------------------------
-    def epoch_batches(self, epoch: int) -> list[list[int]]:
-        """Micro-batches of this epoch as indices into `data.train` (a mixture draws a subset)."""
+    def _check_packing_fits(self) -> None:
+        """Under packing, an example over the token budget is bad data: name its file:line."""
+        if self.t.dynamic_batching != "packing":
+            return
+        budget = self.ref.token_budget(max(self.lengths))
+        over = [e for e in self.data.train if len(e.input_ids) > budget]
+        if over:
+            e = max(over, key=len)
+            raise DataError(
+                e.path,
+                e.line,
+                f"{len(e)} tokens, more than the packing budget of {budget} tokens per "
+                f"micro-batch ({len(over)} examples in all); raise training.maxTokensPerBatch or "
+                "lower dataset.maxInputTokens + maxTargetTokens",
+            )
+
+    def epoch_steps(self, epoch: int) -> list[Step]:
+        """This epoch's optimizer steps (indices into `data.train`; a mixture draws a subset)."""
         drawn = self.data.epoch_indices(self.t.seed, epoch)
-        plan = plan_batches(
+        plan = plan_steps(
             [self.lengths[i] for i in drawn],
             mode=self.t.dynamic_batching,
-            micro_batch_size=self.micro,
-            max_tokens=self.t.max_tokens_per_batch,
+            ref=self.ref,
             seed=self.t.seed,
             epoch=epoch,
         )
-        return [[drawn[i] for i in batch] for batch in plan]
+        return [[[drawn[i] for i in mb] for mb in step] for step in plan]
 
-    def rank_slots(self, n_batches: int) -> list[int]:
-        """This process's micro-batches; -1 marks a no-loss filler so all processes step together."""
-        world = self.rt.world_size
-        slots = list(range(n_batches)) + [-1] * (-n_batches % world)
-        return slots[self.rt.rank :: world]
+    def split(self, step: Step) -> list[list[int]]:
+        """One step's micro-batches at this attempt's micro-batch size and token budget."""
+        return split_step(
+            step,
+            self.lengths,
+            mode=self.t.dynamic_batching,
+            micro_batch_size=self.micro,
+            budget=self.budget,
+        )
 
-    def steps_in_epoch(self, n_batches: int) -> int:
-        per_rank = -(-n_batches // self.rt.world_size)
-        return -(-per_rank // self.accum)
+    def epoch_batches(self, epoch: int) -> list[list[int]]:
+        """All micro-batches of an epoch, in order."""
+        return [mb for step in self.epoch_steps(epoch) for mb in self.split(step)]
 
     def total_steps(self) -> int:
-        total = sum(self.steps_in_epoch(len(self.epoch_batches(e))) for e in range(self.t.epochs))
+        total = sum(len(self.epoch_steps(e)) for e in range(self.t.epochs))
         return min(total, self.t.max_steps) if self.t.max_steps else total
 
     def micro_batch(self, batches: list[list[int]], slot: int) -> Batch:
+        """Micro-batch `slot` of `batches`; -1 is a no-loss filler (a copy of the first)."""
         batch = collate(
             [self.data.train[i] for i in batches[max(slot, 0)]],
             mode=self.t.dynamic_batching,
@@ -167,6 +227,38 @@ class Loop:
             batch.labels.fill_(-100)
             batch.num_real_tokens = 0
         return batch
+
+    def step_batches(self, step: Step) -> list[Batch]:
+        """This process's share of one step, as tensors."""
+        mbs = self.split(step)
+        share = rank_share(mbs, self.rt.rank, self.rt.world_size)
+        return [
+            self.micro_batch(mbs, -1) if mb is None else self.micro_batch([mb], 0) for mb in share
+        ]
+
+    def advance(self, steps: list[Step], k: int) -> None:
+        """Account for step k of the epoch: the step counter, the sample cursor, the tally."""
+        st = self.state
+        done = step_examples(steps[k])
+        st.global_step += 1
+        st.tally(st.epoch).add(done)
+        st.cursor += len(done)
+        if k == len(steps) - 1:
+            st.epoch, st.cursor = st.epoch + 1, 0
+
+    def accounting(self) -> dict[str, Any]:
+        """Examples trained per epoch, and whether each epoch trained every drawn example once."""
+        expected = []
+        for e, tally in enumerate(self.state.tallies):
+            drawn = self.data.epoch_indices(self.t.seed, e)
+            digest = sum(example_digest(i) for i in drawn) % 2**64
+            expected.append(tally.examples == len(drawn) and tally.digest == digest)
+        return {
+            "examples_per_epoch": [t.examples for t in self.state.tallies],
+            "every_example_once_per_epoch": expected,
+            "run_id": self.record.run_id,
+            "resumed_from_step": self.resumed_from,
+        }
 
     # -- one optimizer step -----------------------------------------------------------------
     def step(self, model: nn.Module, micro_batches: list[Batch]) -> float:
@@ -206,14 +298,28 @@ class Loop:
         self.optimizer.zero_grad(set_to_none=True)
 
     # -- checkpoints and evaluation ----------------------------------------------------------------
+    def identity(self) -> dict[str, Any]:
+        """What a checkpoint records about the run it belongs to (`identity` rule 2)."""
+        r = self.record
+        return {
+            "run_id": r.run_id,
+            "config": r.config,
+            "config_hash": r.config_hash,
+            "data_hash": self.data.data_hash,
+        }
+
     def save(self, model: nn.Module) -> Path:
+        """Checkpoint now (collective), unless this step is saved already."""
+        if self.saved_step == self.state.global_step:
+            return checkpoint_dir(self.output, self.saved_step)
         extra = {
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
             "real_tokens": self.real_tokens,
             "padded_tokens": self.padded_tokens,
         }
-        return save_checkpoint(
+        self.state.run = self.identity()
+        path = save_checkpoint(
             self.output,
             model,
             self.optimizer,
@@ -222,17 +328,36 @@ class Loop:
             self.rt,
             keep=self.opts.keep_checkpoints,
         )
+        self.saved_step = self.state.global_step
+        self.agreement.saved()
+        return path
+
+    def _checkpoint_to_resume(self) -> Path | None:
+        if self.opts.resume == "never":
+            return None
+        if self.opts.resume == "auto":
+            return latest_checkpoint(self.output)
+        path = Path(self.opts.resume)
+        if not (path / "state.json").exists():
+            raise ConfigError([f"--resume: no checkpoint at {path} (no state.json)"])
+        return path
 
     def resume(self, model: nn.Module) -> None:
-        path: Path | None
-        if self.opts.resume == "never":
-            return
-        path = (
-            latest_checkpoint(self.output) if self.opts.resume == "auto" else Path(self.opts.resume)
-        )
+        """Restore the checkpoint this run resumes from, if any (identity rules 2 and 3)."""
+        path = self._checkpoint_to_resume()
         if path is None:
             return
+        saved = read_state(path)
+        check_resumable(
+            path, saved.run, self.record, self.data.data_hash, check_run=self.opts.resume == "auto"
+        )
+        try:
+            if saved.epoch < self.t.epochs:
+                step_at(self.epoch_steps(saved.epoch), saved.cursor)
+        except ValueError as err:
+            raise ConfigError([f"checkpoint {path} cannot resume this run: {err}"]) from None
         self.state, extra = load_checkpoint(path, model, self.optimizer, self.rt)
+        self.saved_step = self.resumed_from = self.state.global_step
         self.scheduler.load_state_dict(extra["scheduler"])
         # The config's learning rate wins over the checkpoint's: the operator divides it by 3 when it
         # retries after a NaN loss, and the schedule's position (step) still comes from the checkpoint.
@@ -286,16 +411,22 @@ def run(cfg: TrainerConfig, opts: RunOptions) -> dict[str, Any]:
 def fit(cfg: TrainerConfig, opts: RunOptions) -> tuple[nn.Module, dict[str, Any]]:
     """`run`, also returning the trained model (tests compare it with the reloaded adapter)."""
     rt = init_runtime(opts.device)
-    torch.manual_seed(cfg.training.seed)
-    data = prepare_data(cfg)
-    model, info = build_model(cfg, rt)
-    loop = Loop(cfg, opts, rt, data, model)
-    return model, _train(loop, model, info)
+    with sigterm_stops():
+        # Which run this is, before any data or weights load: a foreign output folder is refused.
+        record = claim_output(output_of(cfg), cfg, reference_of(cfg, rt), resume=opts.resume)
+        torch.manual_seed(cfg.training.seed)
+        data = prepare_data(cfg)
+        model, info = build_model(cfg, rt)
+        loop = Loop(cfg, opts, rt, data, model, record)
+        return model, _train(loop, model, info)
 
 
 def _train(loop: Loop, model: nn.Module, info: Any) -> dict[str, Any]:
     rt, total = loop.rt, loop.total
     loop.resume(model)
+    if rt.is_main:
+        commit_claim(loop.output, loop.record, resume=loop.opts.resume)
+    barrier(rt)
     reporter = _main_reporter(loop)
     reporter.on_start(
         total,
@@ -303,12 +434,12 @@ def _train(loop: Loop, model: nn.Module, info: Any) -> dict[str, Any]:
             "start_step": loop.state.global_step,
             "world_size": rt.world_size,
             "micro_batch_size": loop.micro,
+            "gradient_accumulation_steps": loop.accum,
             "trainable_fraction": info.trainable_fraction,
         },
     )
-    last_ckpt: Path | None = None
     try:
-        last_ckpt = _epochs(loop, model, total, reporter)
+        _epochs(loop, model, total, reporter)
     except NonFiniteLoss as err:
         err.checkpoint = str(latest_checkpoint(loop.output) or "")
         raise
@@ -319,7 +450,10 @@ def _train(loop: Loop, model: nn.Module, info: Any) -> dict[str, Any]:
             checkpoint=str(latest_checkpoint(loop.output) or ""),
         ) from err
     if loop.state.global_step < total:  # stopped early on purpose (preemption test)
-        return {"stopped_at_step": loop.state.global_step, "checkpoint": str(last_ckpt)}
+        return {
+            "stopped_at_step": loop.state.global_step,
+            "checkpoint": str(latest_checkpoint(loop.output)),
+        }
     loop.run_eval(model)
     return _finish(loop, model, info, total, reporter)
 
@@ -330,36 +464,42 @@ def _main_reporter(loop: Loop) -> Reporter:
     return Reporters(loop.opts.reporters if loop.rt.is_main else [])
 
 
-def _epochs(loop: Loop, model: nn.Module, total: int, reporter: Reporter) -> Path | None:
+def _epochs(loop: Loop, model: nn.Module, total: int, reporter: Reporter) -> None:
     t, st = loop.t, loop.state
-    last: Path | None = None
+    if loop.agreement.poll().stop:  # SIGTERM while the data or the model loaded
+        _preempt(loop, model)
     while st.global_step < total and st.epoch < t.epochs:
-        batches = loop.epoch_batches(st.epoch)
-        slots = loop.rank_slots(len(batches))
-        for s in range(st.batch_in_epoch, loop.steps_in_epoch(len(batches))):
+        steps = loop.epoch_steps(st.epoch)
+        for k in range(step_at(steps, st.cursor), len(steps)):
             started = time.perf_counter()
-            micro = [
-                loop.micro_batch(batches, slot)
-                for slot in slots[s * loop.accum : (s + 1) * loop.accum]
-            ]
-            loss = loop._maybe_fault(st.global_step, loop.step(model, micro))
+            loss = loop._maybe_fault(st.global_step, loop.step(model, loop.step_batches(steps[k])))
             if not torch.isfinite(torch.tensor(loss)):
                 raise NonFiniteLoss(
                     f"loss became {loss} at step {st.global_step + 1}", step=st.global_step + 1
                 )
             loop.optimizer_step(model)
             loop.train_seconds += time.perf_counter() - started
-            st.global_step, st.batch_in_epoch = st.global_step + 1, s + 1
+            loop.advance(steps, k)
             loop.last_loss = loss
             loop.first_loss = loss if loop.first_loss is None else loop.first_loss
-            last = _after_step(loop, model, total, reporter) or last
+            _after_step(loop, model, total, reporter)
             if st.global_step >= total or st.global_step == loop.opts.stop_after_steps:
-                return loop.save(model) if st.global_step == loop.opts.stop_after_steps else last
-        st.epoch, st.batch_in_epoch = st.epoch + 1, 0
-    return last
+                return
 
 
-def _after_step(loop: Loop, model: nn.Module, total: int, reporter: Reporter) -> Path | None:
+def _preempt(loop: Loop, model: nn.Module) -> None:
+    """Checkpoint (every process), then leave with reason Preempted."""
+    path = loop.save(model) if loop.state.global_step > 0 else None
+    step = loop.state.global_step
+    where = f"checkpoint {path}" if path else "nothing trained yet"
+    raise Preempted(
+        f"asked to stop (SIGTERM) after step {step}; {where}: resume from it",
+        step=step,
+        checkpoint=str(path or ""),
+    )
+
+
+def _after_step(loop: Loop, model: nn.Module, total: int, reporter: Reporter) -> None:
     t, st = loop.t, loop.state
     lr = float(loop.scheduler.get_last_lr()[0])
     if st.global_step % t.logging_steps == 0 or st.global_step == total:
@@ -380,9 +520,13 @@ def _after_step(loop: Loop, model: nn.Module, total: int, reporter: Reporter) ->
         metrics = loop.run_eval(model)
         if metrics:
             reporter.on_eval(st.global_step, metrics)
-    if t.save_every_steps and st.global_step % t.save_every_steps == 0:
-        return loop.save(model)
-    return None
+    vote = loop.agreement.poll()  # collective: every process, every step
+    every = bool(t.save_every_steps) and st.global_step % (t.save_every_steps or 1) == 0
+    last = st.global_step in (total, loop.opts.stop_after_steps)
+    if every or last or vote.timer_due or vote.stop:
+        loop.save(model)
+    if vote.stop:
+        _preempt(loop, model)
 
 
 def _finish(

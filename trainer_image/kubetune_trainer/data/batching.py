@@ -136,6 +136,14 @@ def _pack(
             "(raise training.maxTokensPerBatch or lower maxInputTokens + maxTargetTokens)"
         )
     order.sort(key=lambda i: lengths[i], reverse=True)  # stable: the shuffle breaks ties
+    bins = best_fit(order, lengths, max_tokens)
+    rng.shuffle(bins)
+    return bins
+
+
+def best_fit(order: Sequence[int], lengths: Sequence[int], max_tokens: int) -> list[list[int]]:
+    """Bins of at most `max_tokens` tokens, each example of `order` (longest first) into the
+    fullest bin it fits in, or a new bin; an example longer than `max_tokens` gets a bin alone."""
     bins: list[list[int]] = []
     free: list[tuple[int, int]] = []  # (room left, bin index), sorted
     for i in order:
@@ -147,8 +155,8 @@ def _pack(
             room, b = free.pop(slot)
             bins[b].append(i)
             room -= lengths[i]
-        insort(free, (room, b))
-    rng.shuffle(bins)
+        if room >= 0:
+            insort(free, (room, b))
     return bins
 
 

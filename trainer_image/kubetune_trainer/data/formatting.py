@@ -49,6 +49,7 @@ class Example:
     labels: list[int]
     line: int
     task: str | None = None
+    path: str = ""  # the file the line is in (for file:line in errors)
 
     def __len__(self) -> int:
         return len(self.input_ids)

@@ -97,6 +97,7 @@ class _FileLoader:
             return
         for enc in self._fit(self.encoder.encode(row)):
             example = enc.to_example(raw.number, self.task)
+            example.path = self.stats.path
             self.examples.append(example)
             self.stats.add_example(example)
         self.stats.kept += 1

@@ -89,11 +89,13 @@ class FineTuneJobs:
         return answer
 
     async def write(self, key: Key, body: Json, plan: Plan) -> Json | None:
-        """Everything the Job needs, in parallel; then the Job, deletions and the status patch,
-        in parallel. The body after the patch (`body` when nothing changed), None when gone."""
+        """Everything the Job needs, in parallel (RoleBindings after the Roles they name: the
+        API server's escalation check reads the Role); then the Job, deletions and the status
+        patch, in parallel. The body after the patch (`body` when nothing changed), None when gone."""
         namespace, name = key
         call = self.runner.call
-        await _all(*(self.apply(o) for o in plan.apply if o["kind"] != "Job"))
+        for wave in _waves(plan.apply):
+            await _all(*(self.apply(o) for o in wave))
         jobs = [o for o in plan.apply if o["kind"] == "Job"]
         if jobs:
             crash_point("before-job-apply")
@@ -106,6 +108,13 @@ class FineTuneJobs:
         if patch:
             crash_point("after-status-patch")
         return answers[-1] if patch else body
+
+
+def _waves(objects: list[Json]) -> list[list[Json]]:
+    """The children before the Job in two parallel waves: RoleBindings after the rest."""
+    first = [o for o in objects if o["kind"] not in ("Job", "RoleBinding")]
+    second = [o for o in objects if o["kind"] == "RoleBinding"]
+    return [wave for wave in (first, second) if wave]
 
 
 async def _all(*calls: Awaitable[Any]) -> list[Any]:

@@ -175,7 +175,7 @@ start_scheduler() {
 
 start_kwok() {
   start_component kwok --kubeconfig "$CLUSTER_DIR/kwok.kubeconfig" \
-    --config "$BIN_DIR/kwok-stages.yaml" \
+    --config "$BIN_DIR/kwok-stages.yaml" --config "$HACK_DIR/kwok-pod-terminate.yaml" \
     --manage-all-nodes=false --manage-nodes-with-annotation-selector kwok.x-k8s.io/node=fake \
     --cidr 10.244.0.0/16 --node-ip 10.0.0.1 \
     --server-address "127.0.0.1:$KWOK_PORT" --node-lease-duration-seconds 40

@@ -8,10 +8,13 @@ server cannot express live in `model_validator`s here, so every reader enforces 
 
 from __future__ import annotations
 
-from typing import Literal
+import re
+from collections.abc import Mapping
+from typing import Annotated, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
+import kubetune_api.formats as formats
 from kubetune_api.base import ApiModel
 from kubetune_api.extras import AugmentationSpec, SearchSpec
 
@@ -26,25 +29,57 @@ DEFAULT_TARGET_MODULES = [
 ]
 
 
+DnsName = Annotated[
+    str,
+    Field(min_length=1, max_length=formats.NAME_MAX, pattern=formats.DNS_SUBDOMAIN),
+]
+ConfigKey = Annotated[
+    str, Field(min_length=1, max_length=formats.NAME_MAX, pattern=formats.CONFIG_KEY)
+]
+
+
+def _no_parent(path: str) -> str:
+    if re.search(formats.PARENT_SEGMENT, path):
+        raise ValueError(f"a path inside a volume may not contain '..', got {path!r}")
+    return path
+
+
+def _check_keys(values: Mapping[str, object] | None, what: str) -> None:
+    for key in values or {}:
+        if not re.fullmatch(formats.QUALIFIED_NAME, key) or len(key) > formats.KEY_MAX:
+            raise ValueError(f"{what} {key!r} is not a valid Kubernetes name ([prefix/]name)")
+
+
 class PvcRef(ApiModel):
     """A file or folder on a PersistentVolumeClaim."""
 
-    claim_name: str = Field(min_length=1, description="Name of the PersistentVolumeClaim.")
-    path: str = Field(default="", description="Path inside the volume (file or folder).")
+    claim_name: DnsName = Field(
+        description="Name of the PersistentVolumeClaim (a DNS-1123 subdomain)."
+    )
+    path: str = Field(
+        default="",
+        max_length=formats.PATH_MAX,
+        description="Path inside the volume (file or folder); '..' is refused.",
+    )
+
+    @field_validator("path")
+    @classmethod
+    def _inside(cls, path: str) -> str:
+        return _no_parent(path)
 
 
 class ConfigMapRef(ApiModel):
     """One key of a ConfigMap, mounted as a file."""
 
-    name: str = Field(min_length=1, description="Name of the ConfigMap.")
-    key: str = Field(min_length=1, description="Key whose value is the file's content.")
+    name: DnsName = Field(description="Name of the ConfigMap (a DNS-1123 subdomain).")
+    key: ConfigKey = Field(description="Key whose value is the file's content.")
 
 
 class SecretKeyRef(ApiModel):
     """A Secret key, read by reference so the value never appears in a spec."""
 
-    name: str = Field(min_length=1, description="Name of the Secret.")
-    key: str = Field(default="token", min_length=1, description="Key inside the Secret.")
+    name: DnsName = Field(description="Name of the Secret (a DNS-1123 subdomain).")
+    key: ConfigKey = Field(default="token", description="Key inside the Secret.")
 
 
 class DataSource(ApiModel):
@@ -296,37 +331,83 @@ class OutputSpec(ApiModel):
 
     path: str | None = Field(default=None, description="Local directory (kubetune train).")
     pvc: PvcRef | None = Field(default=None, description="A PersistentVolumeClaim folder.")
-    uri: str | None = Field(default=None, description="A URI the image can write to.")
+    uri: str | None = Field(
+        default=None,
+        max_length=formats.PATH_MAX,
+        description="file:// only, for kubetune train: the trainer writes local paths and PVCs; "
+        "object storage (s3://, gs://, https://) is refused until it is supported.",
+    )
+
+    @field_validator("uri")
+    @classmethod
+    def _writable(cls, uri: str | None) -> str | None:
+        if uri is not None and not uri.startswith("file://"):
+            raise ValueError(f"{OUTPUT_URI_MESSAGE}, got {uri!r}")
+        return uri
 
 
-Quantity = int | str
+OUTPUT_URI_MESSAGE = (
+    "the trainer writes only to a local path (file://) or a PVC (spec.output.pvc); "
+    "object storage is not supported yet"
+)
+
+
+Quantity = int | Annotated[str, Field(max_length=64, pattern=formats.QUANTITY)]
+LabelValue = Annotated[str, Field(max_length=formats.LABEL_VALUE_MAX, pattern=formats.LABEL_VALUE)]
 
 
 class Toleration(ApiModel):
     """A pod toleration (as in core/v1)."""
 
     key: str | None = Field(
-        default=None, description="Taint key; empty with operator Exists matches all."
+        default=None,
+        max_length=formats.KEY_MAX,
+        pattern=formats.QUALIFIED_NAME,
+        description="Taint key (a label key); unset with operator Exists matches all.",
     )
     operator: Literal["Exists", "Equal"] = Field(default="Equal", description="Exists or Equal.")
-    value: str | None = Field(default=None, description="Taint value for operator Equal.")
+    value: LabelValue | None = Field(default=None, description="Taint value for operator Equal.")
     effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
         default=None, description="Taint effect to match; empty matches all."
     )
     toleration_seconds: int | None = Field(
-        default=None, description="For NoExecute: how long to stay bound."
+        default=None, description="For NoExecute only: how long to stay bound."
     )
+
+    @model_validator(mode="after")
+    def _as_core_v1(self) -> Toleration:
+        """What the API server would refuse in a pod (so it is refused here, at apply)."""
+        if self.operator == "Exists" and self.value:
+            raise ValueError("value must be empty when operator is Exists")
+        if self.key is None and self.operator != "Exists":
+            raise ValueError("operator must be Exists when key is empty")
+        if self.toleration_seconds is not None and self.effect != "NoExecute":
+            raise ValueError("tolerationSeconds needs effect NoExecute")
+        return self
 
 
 class ComputeResources(ApiModel):
     """Container requests and limits besides GPUs, e.g. {requests: {cpu: 8, memory: 64Gi}}."""
 
     requests: dict[str, Quantity] | None = Field(
-        default=None, description="Minimum resources (cpu, memory, ...)."
+        default=None,
+        max_length=formats.MAP_MAX,
+        description="Minimum resources (cpu: 8, memory: 64Gi); quantities as Kubernetes writes them.",
     )
     limits: dict[str, Quantity] | None = Field(
-        default=None, description="Maximum resources (cpu, memory, ...)."
+        default=None,
+        max_length=formats.MAP_MAX,
+        description="Maximum resources (cpu, memory, ...); quantities as Kubernetes writes them.",
     )
+
+    @field_validator("requests", "limits")
+    @classmethod
+    def _resource_names(cls, values: dict[str, Quantity] | None) -> dict[str, Quantity] | None:
+        _check_keys(values, "resource name")
+        for name, value in (values or {}).items():
+            if isinstance(value, int) and value < 0:
+                raise ValueError(f"{name} must be >= 0, got {value}")
+        return values
 
 
 class ResourcesSpec(ApiModel):
@@ -347,8 +428,10 @@ class ResourcesSpec(ApiModel):
         le=128,
         description="Pods (nodes); >1 uses an Indexed Job and torchrun rendezvous.",
     )
-    node_selector: dict[str, str] | None = Field(
-        default=None, description="Node labels the pods require."
+    node_selector: dict[str, LabelValue] | None = Field(
+        default=None,
+        max_length=formats.MAP_MAX,
+        description="Node labels the pods require (label keys and values).",
     )
     tolerations: list[Toleration] | None = Field(
         default=None, max_length=32, description="Pod tolerations."
@@ -357,15 +440,45 @@ class ResourcesSpec(ApiModel):
         default=None, description="Container requests/limits besides the GPUs (cpu, memory)."
     )
     image: str | None = Field(
-        default=None, description="Trainer image (default: the operator's setting)."
+        default=None,
+        max_length=formats.IMAGE_MAX,
+        pattern=formats.IMAGE,
+        description="Trainer image, [registry/]repository[:tag][@sha256:digest] "
+        "(default: the operator's setting).",
     )
+    termination_grace_period_seconds: int | None = Field(
+        default=None,
+        ge=1,
+        le=86400,
+        description="Seconds a trainer pod has after SIGTERM (eviction, preemption, deletion) to "
+        "write its checkpoint and exit Preempted; default: the operator's setting (chart value "
+        "defaults.terminationGracePeriodSeconds, 120).",
+    )
+
+    @field_validator("node_selector")
+    @classmethod
+    def _label_keys(cls, values: dict[str, str] | None) -> dict[str, str] | None:
+        _check_keys(values, "nodeSelector key")
+        return values
 
 
 class RetrySpec(ApiModel):
     """What the operator does when an attempt fails."""
 
     max_retries: int = Field(
-        default=2, ge=0, le=20, description="Further attempts after the first."
+        default=2,
+        ge=0,
+        le=20,
+        description="Further attempts after failed ones (OOM, NaN, errors). Disruptions "
+        "(preemption, eviction, pod deletion) do not count: see maxPreemptions.",
+    )
+    max_preemptions: int = Field(
+        default=10,
+        ge=0,
+        le=40,
+        description="Attempts restarted after a disruption (the pod was preempted, evicted or "
+        "deleted and exited Preempted after its checkpoint); they resume unchanged and spend "
+        "none of maxRetries. One more disruption fails the job.",
     )
     on_out_of_memory: bool = Field(
         default=True,

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from kubetune_api.finetune import FineTuneJobSpec
+import kubetune_api.formats as formats
+from kubetune_api.finetune import OUTPUT_URI_MESSAGE, FineTuneJobSpec
 from kubetune_api.status import FineTuneJobStatus
 from kubetune_api.structural import build_crd
 
@@ -67,6 +68,29 @@ def _immutable(field: str) -> dict[str, Any]:
     return {"rule": "self == oldSelf", "message": f"spec.{field} {IMMUTABLE}"}
 
 
+SOURCES = ["model.source", "dataset.train", "dataset.eval"]
+SOURCES += ["dataset.mixture.[].train", "dataset.mixture.[].eval"]
+PVC_PATHS = [f"{s}.pvc.path" for s in SOURCES] + ["output.pvc.path"]
+NO_PARENT = "'..' is refused: a path inside a volume must stay inside it"
+QUALIFIED = "keys must be Kubernetes names ([prefix/]name, e.g. nvidia.com/gpu.product)"
+TOLERATION = [
+    {"rule": "self.operator != 'Exists' || !has(self.value) || self.value == ''",
+     "message": "value must be empty when operator is Exists"},
+    {"rule": "has(self.key) || self.operator == 'Exists'",
+     "message": "operator must be Exists when key is empty"},
+    {"rule": "!has(self.tolerationSeconds) || (has(self.effect) && self.effect == 'NoExecute')",
+     "message": "tolerationSeconds needs effect NoExecute"},
+]  # fmt: skip
+FORMATS: dict[str, list[dict[str, Any]]] = {
+    **{path: [formats.cel_no_parent(NO_PARENT)] for path in PVC_PATHS},
+    "output.uri": [{"rule": "self.startsWith('file://')", "message": OUTPUT_URI_MESSAGE}],
+    "resources.nodeSelector": [formats.cel_keys(formats.QUALIFIED_NAME, QUALIFIED)],
+    "resources.resources.requests": [formats.cel_keys(formats.QUALIFIED_NAME, QUALIFIED)],
+    "resources.resources.limits": [formats.cel_keys(formats.QUALIFIED_NAME, QUALIFIED)],
+    "resources.tolerations.[]": TOLERATION,
+}
+
+
 RULES: dict[str, list[dict[str, Any]]] = {
     "": [  # spec itself: a job cannot turn into a search (or back) half way
         {
@@ -113,6 +137,6 @@ def finetunejob_crd() -> dict[str, Any]:
         spec=FineTuneJobSpec,
         status=FineTuneJobStatus,
         columns=COLUMNS,
-        rules=RULES,
+        rules={**RULES, **FORMATS},
         doc="FineTuneJob fine-tunes a Qwen3 model with a PEFT method on GPU pods and reports progress.",
     )

@@ -49,7 +49,9 @@ def _clean(node: Json) -> Json:
         )  # structural schemas prune unknown fields; kubectl rejects them
     non_null = [s for s in node.get("anyOf", []) if s.get("type") != "null"]
     if sorted(s.get("type", "") for s in non_null) == ["integer", "string"]:
-        non_null = [{"x-kubernetes-int-or-string": True}]
+        text = next(s for s in non_null if s.get("type") == "string")  # its pattern stays
+        kept = {k: v for k, v in text.items() if k in ("pattern", "maxLength")}
+        non_null = [{"x-kubernetes-int-or-string": True, **kept}]
     if "anyOf" in node and len(non_null) == 1:
         rest = {k: v for k, v in node.items() if k != "anyOf"}
         node = {**non_null[0], **rest}

@@ -3,12 +3,17 @@
     kubetune operator [--namespace NS]... [--all-namespaces] [--kubeconfig PATH]
                       [--metrics-port 8080] [--health-port 8081] [--trainer-image IMAGE]
                       [--gpu-tolerations JSON] [--standalone | --peering NAME]
-                      [--workers N] [--verbose]
+                      [--priority oldest|N] [--workers N] [--verbose]
 
 In a pod it uses the in-cluster service account; elsewhere the kubeconfig (`--kubeconfig`,
 else KUBECONFIG, else ~/.kube/config). /metrics is Prometheus, /healthz is kopf's liveness
 endpoint. Defaults for the trainer image and GPU tolerations come from KUBETUNE_TRAINER_IMAGE
-and KUBETUNE_GPU_TOLERATIONS. Called by the `kubetune` dispatcher (`kubetune_cli.main`).
+and KUBETUNE_GPU_TOLERATIONS. With `--peering` (the chart's replicaCount > 1) the replicas share
+a kopf peering object and only the highest priority reconciles; `--priority oldest` (the
+default) derives a distinct priority from the start time, the oldest replica first, so a new
+pod of a rolling upgrade waits until the old one has gone (it leaves the peering on SIGTERM) and
+a replica SIGKILLed is replaced within `activities.PEERING_LIFETIME` seconds.
+Called by the `kubetune` dispatcher (`kubetune_cli.main`).
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import dataclasses
 import logging
 import os
 import sys
+import time
 from collections.abc import Sequence
 
 from kubetune_api.memory import parse_size
@@ -60,6 +66,12 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
         help="kopf peering object shared by replicas: only the highest-priority one acts",
     )
     p.add_argument(
+        "--priority",
+        default=os.environ.get("KUBETUNE_PEERING_PRIORITY", "oldest"),
+        help="kopf peering priority: an integer, or 'oldest' (from the start time: the oldest "
+        "replica is active; env KUBETUNE_PEERING_PRIORITY)",
+    )
+    p.add_argument(
         "--workers", type=int, default=64, help="threads for API calls (reconciles in flight)"
     )
     p.add_argument("--verbose", "-v", action="store_true", help="debug logging")
@@ -81,9 +93,24 @@ def settings_from(args: argparse.Namespace) -> Settings:
     return settings
 
 
+PRIORITY_EPOCH_MS = 2**42  # ~ year 2109: `oldest` priorities stay positive until then
+
+
+def peering_priority(value: str, started: float) -> int:
+    """The kopf priority for `--priority`: an integer as given, or from `started` (epoch
+    seconds) for `oldest`, so two replicas started a millisecond apart never share one."""
+    if value == "oldest":
+        return PRIORITY_EPOCH_MS - int(started * 1000)
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"--priority must be 'oldest' or an integer, got {value!r}") from None
+
+
 def main(argv: Sequence[str] | None = None, prog: str = "kubetune operator") -> int:
     args = build_parser(prog).parse_args(argv)
     try:
+        args.priority = peering_priority(args.priority, time.time())
         settings = settings_from(args)
     except ValueError as err:
         print(f"{prog}: error: {err}", file=sys.stderr)
@@ -133,6 +160,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     kopf.run(
         standalone=args.standalone or None,
         peering_name=args.peering,
+        priority=args.priority if args.peering else None,
         clusterwide=not args.namespace,
         namespaces=args.namespace,
         liveness_endpoint=health,

@@ -42,7 +42,9 @@ class KubeError(Exception):
 
     @property
     def temporary(self) -> bool:
-        return self.status in (0, 409, 429) or self.status >= 500
+        """Worth retrying: also a 404 from apply (a RoleBinding applied before its Role exists
+        is answered NotFound by the RBAC escalation check; the next try finds the Role)."""
+        return self.status in (0, 404, 409, 429) or self.status >= 500
 
     @property
     def rejected(self) -> bool:
@@ -105,6 +107,7 @@ class Kube:
         query: list[tuple[str, Any]] | None = None,
         body: Any = None,
         content_type: str = "application/json",
+        missing_ok: bool = True,
     ) -> Json | None:
         headers = {"Accept": "application/json", "Content-Type": content_type}
         request = self.api.param_serialize(
@@ -122,7 +125,7 @@ class Kube:
             raise KubeError(err.status or 0, str(err.reason), str(err.body or err)) from None
         except OSError as err:
             raise KubeError(0, type(err).__name__, str(err)) from None
-        if response.status == 404 and method != "POST":
+        if response.status == 404 and method != "POST" and missing_ok:
             return None
         if response.status >= 400:
             raise _error(response.status, data)
@@ -137,6 +140,7 @@ class Kube:
             query=query,
             body=obj,
             content_type="application/apply-patch+yaml",
+            missing_ok=False,  # NotFound from an apply is an error, never "applied"
         )
         return result or {}
 

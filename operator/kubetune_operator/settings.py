@@ -2,8 +2,10 @@
 
 `Settings.from_env` reads `KUBETUNE_TRAINER_IMAGE`, `KUBETUNE_SERVER_IMAGE` (ModelDeployment
 pods; default: the trainer image, which is the runtime image), `KUBETUNE_GPU_TOLERATIONS` (a JSON
-list of tolerations) and `KUBETUNE_GPU_MEMORY` (one GPU's memory for the pre-flight, e.g.
-80Gi); the CLI overrides them with its flags. The builders receive a `Settings`
+list of tolerations), `KUBETUNE_GPU_MEMORY` (one GPU's memory for the pre-flight, e.g.
+80Gi) and `KUBETUNE_TERMINATION_GRACE_SECONDS` (how long a trainer pod has after SIGTERM to write
+its checkpoint; a FineTuneJob's spec.resources.terminationGracePeriodSeconds wins); the CLI
+overrides them with its flags. The builders receive a `Settings`
 and never read the environment themselves, so they stay pure.
 """
 
@@ -33,6 +35,9 @@ class Settings:
     extra_env: tuple[tuple[str, str], ...] = field(default=())
     server_image: str | None = None  # ModelDeployment servers/router; None: the trainer image
     gpu_memory: str | None = None  # one GPU's memory (e.g. 80Gi) for the pre-flight; None: skip
+    # Seconds between SIGTERM and SIGKILL of a trainer pod: enough to finish the step and write
+    # a checkpoint of a LoRA adapter and its optimizer state (seconds even for Qwen3-32B ranks).
+    termination_grace_seconds: int = 120
 
     @property
     def runtime_image(self) -> str:
@@ -50,6 +55,8 @@ class Settings:
             kwargs["server_image"] = env["KUBETUNE_SERVER_IMAGE"]
         if env.get("KUBETUNE_GPU_MEMORY"):
             kwargs["gpu_memory"] = env["KUBETUNE_GPU_MEMORY"]
+        if env.get("KUBETUNE_TERMINATION_GRACE_SECONDS"):
+            kwargs["termination_grace_seconds"] = int(env["KUBETUNE_TERMINATION_GRACE_SECONDS"])
         if env.get("KUBETUNE_GPU_TOLERATIONS"):
             kwargs["gpu_tolerations"] = parse_tolerations(env["KUBETUNE_GPU_TOLERATIONS"])
         return cls(**kwargs)

@@ -53,8 +53,10 @@ class OperatorProcess:
 
     def start(self, timeout: float = 60) -> None:
         self.health_port, self.metrics_port = free_port(), free_port()
+        peering = any(a.startswith("--peering") for a in self.extra_args)
         command = [
-            sys.executable, "-m", "kubetune_cli.main", "operator", "--standalone",
+            sys.executable, "-m", "kubetune_cli.main", "operator",
+            *([] if peering else ["--standalone"]),
             "--health-port", str(self.health_port), "--metrics-port", str(self.metrics_port),
             "--trainer-image", TRAINER_IMAGE, *self.extra_args,
         ]  # fmt: skip
@@ -100,6 +102,14 @@ class OperatorProcess:
                 self.proc.wait(20)
             except subprocess.TimeoutExpired:
                 self.kill()
+
+    def reconciles(self) -> int:
+        """FineTuneJob reconciles this process has run (its metrics)."""
+        total = 0.0
+        for line in self.metrics().splitlines():
+            if line.startswith("kubetune_operator_reconcile_duration_seconds_count"):
+                total += float(line.rsplit(" ", 1)[1])
+        return int(total)
 
     def log_tail(self, lines: int = 60) -> str:
         text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

@@ -96,7 +96,8 @@ def test_every_installed_object_is_stored_as_written(
     kinds = sorted(o["kind"] for o in installed)
     assert kinds == sorted(
         ["Namespace", "ServiceAccount", "CustomResourceDefinition", "CustomResourceDefinition",
-         "ClusterRole", "ClusterRoleBinding", "Service", "Deployment"]
+         "ClusterRole", "ClusterRoleBinding", "Service", "Deployment",
+         "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"]
     )  # fmt: skip
     for obj in installed:
         args = ["get", obj["kind"].lower(), obj["metadata"]["name"]]

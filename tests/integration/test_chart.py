@@ -94,11 +94,15 @@ def test_default_objects(default: list[Obj]) -> None:
         "Deployment",
         "Service",
         "ServiceAccount",
+        "ValidatingAdmissionPolicy",  # the trainers may write only progress and metrics
+        "ValidatingAdmissionPolicyBinding",
     ]
+    cluster_scoped = ("ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition")
+    cluster_scoped += ("ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding")
     for obj in default:
         labels = obj["metadata"]["labels"]
         assert labels["app.kubernetes.io/part-of"] == "kubetune", obj["kind"]
-        if obj["kind"] not in ("ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition"):
+        if obj["kind"] not in cluster_scoped:
             assert obj["metadata"]["namespace"] == NAMESPACE, obj["kind"]
 
 
@@ -309,7 +313,9 @@ def test_replicas_use_kopf_peering_cluster_wide() -> None:
     args = operator_container(objects)["args"]
     assert f"--peering={FULLNAME}" in args and "--standalone" not in args
     assert find(objects, "ClusterKopfPeering", FULLNAME)["apiVersion"] == "kopf.dev/v1"
-    crds = {o["metadata"]["name"]: o for o in objects if o["kind"] == "CustomResourceDefinition"}
+    assert "--priority=oldest" in args  # distinct priorities: peers never all pause
+    shipped = yaml.safe_load_all((CHART / "crds" / "kopf.dev_peerings.yaml").read_text())
+    crds = {o["metadata"]["name"]: o for o in shipped}  # crds/: installed before the templates
     for name in ("clusterkopfpeerings.kopf.dev", "kopfpeerings.kopf.dev"):
         assert crds[name]["metadata"]["annotations"] == {"helm.sh/resource-policy": "keep"}
     rules = find(objects, "ClusterRole")["rules"]
@@ -326,7 +332,6 @@ def test_replicas_with_namespaces_use_namespaced_peerings() -> None:
             "replicaCount": 2,
             "watchNamespaces": ["a", "b"],
             "peering.name": "tuner",
-            "peering.createCRDs": False,
         }
     )
     for ns in ("a", "b"):
@@ -337,8 +342,6 @@ def test_replicas_with_namespaces_use_namespaced_peerings() -> None:
             "verbs": ["get", "list", "watch", "patch"],
         } in find(objects, "Role", FULLNAME, ns)["rules"]
     assert "ClusterKopfPeering" not in kinds(objects)
-    names = [o["metadata"]["name"] for o in objects if o["kind"] == "CustomResourceDefinition"]
-    assert not [n for n in names if n.endswith("kopf.dev")]
 
 
 def test_peering_flag_is_accepted_by_the_operator() -> None:

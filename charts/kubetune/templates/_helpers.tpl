@@ -144,6 +144,7 @@ Roles (watchNamespaces). Derived from what operator/kubetune_operator does:
 - --workers={{ .Values.workers }}
 {{- if include "kubetune.peering" . }}
 - --peering={{ include "kubetune.peeringName" . }}
+- --priority=oldest
 {{- else }}
 - --standalone
 {{- end }}

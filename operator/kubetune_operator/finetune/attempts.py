@@ -2,19 +2,23 @@
 
 Each function takes the plan's inputs and returns the Plan for that ending: the status (attempts
 closed with their result, conditions, output), the next attempt's children when retrying, and
-the Events. Called by `plan` (a spec.search job's trials end in `search` instead).
+the Events. `rejected` turns a plan whose child the API server refused (400/422) into the
+job's failure, reason Rejected, with the API server's message (for `reconcile`).
+Called by `plan` (a spec.search job's trials end in `search` instead).
 """
 
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from kubetune_api.status import Attempt, FineTuneJobStatus, OutputStatus
+from kubetune_api.termination import PREEMPTED
 from kubetune_operator.finetune.build.children import build_children
 from kubetune_operator.finetune.build.mounts import adapter_location
 from kubetune_operator.finetune.failure import Failure
 from kubetune_operator.finetune.plan_types import Context, Plan, new_attempt, started_message
-from kubetune_operator.finetune.retry import decide_retry
+from kubetune_operator.finetune.retry import count_endings, decide_retry
 from kubetune_operator.status import Event, set_condition, shorten, timestamp
 
 
@@ -47,8 +51,8 @@ def failed_attempt(
     ctx: Context, status: FineTuneJobStatus, attempts: list[Attempt], failure: Failure
 ) -> Plan:
     current = attempts[-1]
-    failed = 1 + sum(1 for a in attempts[:-1] if a.result not in (None, "Suspended", "Succeeded"))
-    decision = decide_retry(ctx.spec, failure, dict(current.changes or {}), failed)
+    failed, disruptions = count_endings([a.result for a in attempts[:-1]], failure.reason)
+    decision = decide_retry(ctx.spec, failure, dict(current.changes or {}), failed, disruptions)
     if not decision.retry:
         return fail(ctx, status, attempts, failure, decision.note)
     ended = _ended(current, failure, ctx.now)
@@ -130,4 +134,34 @@ def fail(
 
 
 def _attempt_failed(attempt: Attempt, failure: Failure) -> str:
-    return f"Attempt {attempt.index} failed: {shorten(failure.message, 512)}"
+    ended = "was disrupted" if failure.reason == PREEMPTED else "failed"
+    return f"Attempt {attempt.index} {ended}: {shorten(failure.message, 512)}"
+
+
+def rejected(plan: Plan, obj: dict[str, Any], message: str, now: datetime) -> Plan:
+    """`plan` after the API server refused its child `obj`: Failed, reason Rejected, nothing
+    applied; the current attempt ends Rejected (it is never retried: the same object would be
+    refused again)."""
+    what = f"{obj.get('kind')} {obj.get('metadata', {}).get('name')}"
+    text = shorten(f"Rejected: the API server refused {what}: {message}")
+    attempts = list(plan.status.attempts or [])
+    if attempts:
+        ended = {
+            "result": "Rejected",
+            "message": shorten(message, 512),
+            "completion_time": timestamp(now),
+        }
+        attempts[-1] = attempts[-1].model_copy(update=ended)
+    conditions = set_condition(
+        list(plan.status.conditions or []), "Failed", True, "Rejected", text, now
+    )
+    status = plan.status.model_copy(
+        update={
+            "phase": "Failed",
+            "attempts": attempts or None,
+            "conditions": conditions,
+            "completion_time": timestamp(now),
+            "message": text,
+        }
+    )
+    return Plan(status, events=[Event("Warning", "Rejected", shorten(text, 1000))])

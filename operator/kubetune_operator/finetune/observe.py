@@ -5,7 +5,10 @@ them in memory, so reconciling reads no lists from the API server). `observe_att
 snapshots of one attempt into an `Observation`: Missing, Pending (Unschedulable,
 ImagePullBackOff, ...), Running, Succeeded or Failed with a `Failure` parsed from the trainer's
 termination message (`{"reason": "OutOfMemory", "exitCode": 4, "step": ..., ...}`), its exit
-code, or the container's own reason (`OOMKilled`). A search trial's children carry a trial
+code, or the container's own reason (`OOMKilled`). A disruption reads as `Preempted` whatever the
+exit: the trainer's own exit 6, a pod with the `DisruptionTarget` condition (preemption,
+eviction, drain, taint), or the Job failed by the podFailurePolicy rule that matched one of them
+(`build.job.POD_FAILURE_POLICY`: the pod may be gone by then). A search trial's children carry a trial
 label instead of an attempt label, and `succeeded_eval_loss` reads a finished trial's result
 from its pod. Called by `plan`, `search` and `handlers` (the snapshots).
 """
@@ -15,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from kubetune_api.termination import EXIT_REASONS, SUCCEEDED, TerminationReason
+from kubetune_api.termination import EXIT_REASONS, PREEMPTED, SUCCEEDED, TerminationReason
 from kubetune_operator import names
 from kubetune_operator.finetune.failure import Failure
 from kubetune_operator.names import TRAINER_CONTAINER
@@ -88,8 +91,22 @@ def _container(pod: Json) -> Json:
     return next((c for c in statuses if c.get("name") == TRAINER_CONTAINER), {})
 
 
+def _disrupted(pod: Json, failure: Failure) -> Failure:
+    """A pod the cluster disrupted failed because of that, not because of the run."""
+    cond = _condition(pod["conditions"], "DisruptionTarget")
+    if failure.reason == PREEMPTED or cond.get("status") != "True":
+        return failure
+    why = f"{cond.get('reason') or 'DisruptionTarget'}: {cond.get('message') or 'pod disrupted'}"
+    return Failure(PREEMPTED, why, failure.exit_code, failure.step, failure.checkpoint)
+
+
 def pod_failure(pod: Json) -> Failure:
-    """Why a failed pod failed: OOMKilled > the trainer's JSON reason > exit code > pod reason."""
+    """Why a failed pod failed: a disruption > OOMKilled > the trainer's JSON reason > exit code
+    > pod reason."""
+    return _disrupted(pod, _container_failure(pod))
+
+
+def _container_failure(pod: Json) -> Failure:
     state = _container(pod).get("state") or {}
     term = state.get("terminated") or (_container(pod).get("lastState") or {}).get("terminated")
     if not term:
@@ -135,9 +152,11 @@ def _job_failure(job: Json) -> Failure | None:
     cond = _condition(job["conditions"], "Failed")
     if cond.get("status") != "True":
         return None
-    reason = cond.get("reason") or "Error"
+    reason, message = cond.get("reason") or "Error", cond.get("message") or ""
     reason = "Error" if reason == "BackoffLimitExceeded" else reason
-    return Failure(reason, cond.get("message") or f"Job {job['name']} failed")
+    if reason == "PodFailurePolicy":  # build.job.POD_FAILURE_POLICY: both rules are disruptions
+        return Failure(PREEMPTED, message or f"Job {job['name']} was disrupted")
+    return Failure(reason, message or f"Job {job['name']} failed")
 
 
 def _pending(pods: list[Json]) -> Observation | None:

@@ -5,8 +5,11 @@
     NaNLoss                  divide the learning rate by 3 (never below 1e-6); resume from the
                              last good checkpoint; at the floor already, stop
     InvalidConfig / Data     never retried: the same input fails the same way
+    Preempted                a disruption (preemption, eviction, drain, pod deletion), not a
+                             failure: resumed unchanged from the checkpoint the trainer wrote on
+                             SIGTERM, within `spec.retry.maxPreemptions`, spending no retry
     anything else            retried unchanged
-all within `spec.retry.maxRetries`. Overrides are cumulative and stored as strings in
+all within `spec.retry.maxRetries` (disruptions aside). Overrides are cumulative and stored as strings in
 `status.attempts[].changes`, so the next attempt's config is rebuilt from the status alone.
 Pure; called by `attempts`; `apply_overrides` also by `build.config` and `preflight`.
 """
@@ -16,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from kubetune_api.finetune import FineTuneJobSpec, TrainingSpec
-from kubetune_api.termination import REASONS, ExitCode
+from kubetune_api.termination import PREEMPTED, REASONS, ExitCode
 from kubetune_operator.finetune.failure import Failure
 from kubetune_operator.finetune.topology import world_size
 
@@ -81,10 +84,33 @@ def _nan(spec: FineTuneJobSpec, overrides: dict[str, str], failure: Failure) -> 
     return RetryDecision(True, new, f"learningRate {lr:g} -> {lower:g}, resuming from {where}")
 
 
+def count_endings(results: list[str | None], this: str) -> tuple[int, int]:
+    """(failures, disruptions) among attempt results, counting this attempt's `this` reason;
+    Succeeded, Suspended and unfinished attempts count as neither."""
+    ended = [r for r in [*results, this] if r not in (None, "Suspended", "Succeeded")]
+    disruptions = sum(1 for r in ended if r == PREEMPTED)
+    return len(ended) - disruptions, disruptions
+
+
+def _preempted(spec: FineTuneJobSpec, overrides: dict[str, str], count: int) -> RetryDecision:
+    allowed = spec.retry.max_preemptions
+    if count > allowed:
+        return RetryDecision(False, overrides, f"disruptions exhausted ({allowed} allowed)")
+    note = f"disruption {count} of {allowed} allowed, resuming unchanged from the last checkpoint"
+    return RetryDecision(True, overrides, note)
+
+
 def decide_retry(
-    spec: FineTuneJobSpec, failure: Failure, overrides: dict[str, str], failed_attempts: int
+    spec: FineTuneJobSpec,
+    failure: Failure,
+    overrides: dict[str, str],
+    failed_attempts: int,
+    disruptions: int = 0,
 ) -> RetryDecision:
-    """What to do after a failed attempt; `failed_attempts` counts this one."""
+    """What to do after a failed attempt; `failed_attempts` and `disruptions` count this one
+    (`count_endings`): a disruption spends only `disruptions`."""
+    if failure.reason == PREEMPTED:
+        return _preempted(spec, overrides, disruptions)
     if failure.reason in FATAL_REASONS:
         return RetryDecision(False, overrides, f"{failure.reason} is not retried")
     if failed_attempts > spec.retry.max_retries:

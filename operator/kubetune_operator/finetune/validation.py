@@ -49,7 +49,9 @@ def _output_problems(spec: FineTuneJobSpec) -> list[str]:
     out = spec.output
     if out.path is not None:
         return ["spec.output.path: a local path does not outlive the pod; use spec.output.pvc"]
-    if out.pvc is None and out.uri is None:
+    if out.uri is not None:  # the schema lets only file:// through: a folder inside the pod
+        return ["spec.output.uri: a file:// folder does not outlive the pod; use spec.output.pvc"]
+    if out.pvc is None:
         return ["spec.output: set pvc (checkpoints and the adapter must outlive the pod)"]
     return []
 

@@ -5,16 +5,24 @@ One pod per node runs `torchrun ... --no-python kubetune train --config /etc/kub
 = nodes) whose pods find each other through a headless Service, as JobSet does: pod 0 is the
 rendezvous master (`<job>-0.<service>`) and each pod's rank is its completion index, read from
 the `batch.kubernetes.io/job-completion-index` annotation through the downward API. The Job has
-`backoffLimit: 0`: retries are the operator's (see `retry`). A search trial's Job (`Run` with
+`backoffLimit: 0`: retries are the operator's (see `retry`). Its `podFailurePolicy` fails the Job
+at once, naming the rule, when a pod was disrupted (`DisruptionTarget`: preemption, eviction, a
+drain) or the trainer exited Preempted (code 6: SIGTERM, checkpoint written), so `observe` can
+tell a disruption from a failure even when the pod is gone; the pod gets
+`terminationGracePeriodSeconds` to write that checkpoint. `KUBETUNE_RUN_ID` is the
+FineTuneJob's uid: the trainer resumes only checkpoints of the same run, so a FineTuneJob
+re-created under the same name never inherits the old one's output. A search trial's Job (`Run` with
 `trial=True`) is the same pod without the status-reporting environment or a ServiceAccount token.
 Called by `children`.
 """
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from kubetune_api.finetune import FineTuneJobSpec
+from kubetune_api.termination import ExitCode
 from kubetune_operator import names
 from kubetune_operator.finetune.build.mounts import CONFIG_DIR, CONFIG_PATH, Mounts, resolve_mounts
 from kubetune_operator.names import GPU_RESOURCE, TRAINER_CONTAINER
@@ -22,6 +30,21 @@ from kubetune_operator.owner import Owner
 from kubetune_operator.settings import Settings
 
 Json = dict[str, Any]
+RUN_ID_ENV = "KUBETUNE_RUN_ID"  # kubetune_trainer.identity reads it
+# The rules' order is the contract `observe.job_failure` reads back ("... rule at index N").
+POD_FAILURE_POLICY: Json = {
+    "rules": [
+        {
+            "action": "FailJob",
+            "onExitCodes": {
+                "containerName": TRAINER_CONTAINER,
+                "operator": "In",
+                "values": [int(ExitCode.PREEMPTED)],
+            },
+        },
+        {"action": "FailJob", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+    ]
+}
 
 
 def trainer_args(spec: FineTuneJobSpec, settings: Settings) -> list[str]:
@@ -53,6 +76,7 @@ def _env(owner: Owner, spec: FineTuneJobSpec, run: names.Run, settings: Settings
             {"name": "KUBETUNE_ATTEMPT", "value": str(run.index)},
         ]
     )
+    env.append({"name": RUN_ID_ENV, "value": owner.uid})
     env += [
         {"name": "PYTHONUNBUFFERED", "value": "1"},
         {"name": "HF_HOME", "value": "/tmp/hf"},
@@ -121,6 +145,8 @@ def _pod_spec(owner: Owner, spec: FineTuneJobSpec, run: names.Run, settings: Set
     uid = settings.run_as_user
     pod: Json = {
         "restartPolicy": "Never",
+        "terminationGracePeriodSeconds": spec.resources.termination_grace_period_seconds
+        or settings.termination_grace_seconds,
         "serviceAccountName": names.trainer_account_name(owner.name),
         "automountServiceAccountToken": not run.trial,  # only attempts patch the status
         "securityContext": {
@@ -172,6 +198,7 @@ def build_job(
         "metadata": meta,
         "spec": {
             "backoffLimit": 0,
+            "podFailurePolicy": copy.deepcopy(POD_FAILURE_POLICY),
             "completions": nodes,
             "parallelism": nodes,
             "completionMode": "Indexed" if nodes > 1 else "NonIndexed",

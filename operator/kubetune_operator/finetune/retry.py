@@ -26,6 +26,7 @@ from kubetune_operator.finetune.topology import world_size
 OOM_REASONS = frozenset({REASONS[ExitCode.OUT_OF_MEMORY], "OOMKilled"})  # OOMKilled: the kubelet
 NAN_REASONS = frozenset({REASONS[ExitCode.NAN_LOSS]})
 FATAL_REASONS = frozenset({REASONS[ExitCode.INVALID_CONFIG], REASONS[ExitCode.INVALID_DATA]})
+OVERRIDABLE = frozenset(f.removeprefix("training.") for f in RETRY_FIELDS)
 NAN_LR_DIVISOR = 3
 MIN_LEARNING_RATE = 1e-6
 
@@ -43,8 +44,12 @@ def apply_overrides(training: TrainingSpec, overrides: dict[str, str]) -> Traini
     """The training spec with an attempt's overrides, validated again.
 
     Overrides are keyed by the spec's wire names (`microBatchSize`), as `status.attempts[]`
-    stores them, so they go through `with_values` like a search trial's values do.
+    stores them, so they go through `with_values` like a search trial's values do. Only the
+    fields the trainer lets a resumed run change (`RETRY_FIELDS`) may be overridden.
     """
+    unknown = sorted(set(overrides) - OVERRIDABLE)
+    if unknown:
+        raise ValueError(f"not a retry override: {', '.join(unknown)}")
     return training.with_values(overrides) if overrides else training
 
 

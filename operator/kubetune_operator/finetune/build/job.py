@@ -47,10 +47,23 @@ POD_FAILURE_POLICY: Json = {
 }
 
 
+SHUTDOWN_MARGIN = 10  # seconds of the grace period left to torchrun itself after its workers
+
+
+def grace_seconds(spec: FineTuneJobSpec, settings: Settings) -> int:
+    """The pod's terminationGracePeriodSeconds: the spec's, else the operator's default."""
+    return spec.resources.termination_grace_period_seconds or settings.termination_grace_seconds
+
+
 def trainer_args(spec: FineTuneJobSpec, settings: Settings) -> list[str]:
-    """torchrun's arguments: one process per GPU; static rendezvous on pod 0 for nodes > 1."""
+    """torchrun's arguments: one process per GPU; static rendezvous on pod 0 for nodes > 1.
+
+    torchrun forwards SIGTERM to its workers and waits `--shutdown_timeout` (30 s by default)
+    before killing them: here nearly the whole grace period, so the checkpoint gets written.
+    """
     res = spec.resources
-    launch = [f"--nproc_per_node={max(1, res.gpus_per_node)}"]
+    shutdown = max(1, grace_seconds(spec, settings) - SHUTDOWN_MARGIN)
+    launch = [f"--nproc_per_node={max(1, res.gpus_per_node)}", f"--shutdown_timeout={shutdown}"]
     if res.nodes > 1:
         launch = [
             f"--nnodes={res.nodes}",
@@ -145,8 +158,7 @@ def _pod_spec(owner: Owner, spec: FineTuneJobSpec, run: names.Run, settings: Set
     uid = settings.run_as_user
     pod: Json = {
         "restartPolicy": "Never",
-        "terminationGracePeriodSeconds": spec.resources.termination_grace_period_seconds
-        or settings.termination_grace_seconds,
+        "terminationGracePeriodSeconds": grace_seconds(spec, settings),
         "serviceAccountName": names.trainer_account_name(owner.name),
         "automountServiceAccountToken": not run.trial,  # only attempts patch the status
         "securityContext": {

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from kubetune_api.finetune import FineTuneJobSpec
+from kubetune_api.finetune import FineTuneJobSpec, TrainingSpec
 from kubetune_operator.finetune.failure import Failure
 from kubetune_operator.finetune.retry import apply_overrides, decide_retry
 from kubetune_operator.finetune.topology import world_size
@@ -116,3 +116,8 @@ def test_disabled_remedies_retry_unchanged() -> None:
     spec = spec_of({"microBatchSize": 4}, retry={"onOutOfMemory": False, "onNaN": False})
     assert decide_retry(spec, Failure("OutOfMemory"), {}, 1).overrides == {}
     assert decide_retry(spec, Failure("NaNLoss"), {}, 1).overrides == {}
+
+
+def test_overrides_are_only_what_a_resumed_run_may_change() -> None:
+    with pytest.raises(ValueError, match="not a retry override: epochs"):
+        apply_overrides(TrainingSpec(), {"epochs": "2"})

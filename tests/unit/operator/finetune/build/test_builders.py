@@ -97,6 +97,7 @@ def test_job_requests_gpus_and_runs_torchrun_non_root() -> None:
     assert c["args"] == [
         "--standalone",
         "--nproc_per_node=2",
+        "--shutdown_timeout=110",  # the 120 s grace period less torchrun's own margin
         "--no-python",
         "kubetune", "train", "--config", "/etc/kubetune/config.yaml", "--resume", "auto", "--no-progress",
     ]  # fmt: skip
@@ -160,9 +161,10 @@ def test_multi_node_is_an_indexed_job_with_rendezvous_env() -> None:
         }
     }
     args = trainer_args(spec, Settings())
-    assert args[:5] == [
+    assert args[:6] == [
         "--nnodes=3",
         "--nproc_per_node=8",
+        "--shutdown_timeout=110",
         "--node_rank=$(NODE_RANK)",
         "--master_addr=$(MASTER_ADDR)",
         "--master_port=29500",

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 from kubetune_api.finetune import FineTuneJobSpec, TrainingSpec
 from kubetune_api.termination import PREEMPTED, REASONS, ExitCode
+from kubetune_api.trainer_config import RETRY_FIELDS
 from kubetune_operator.finetune.failure import Failure
 from kubetune_operator.finetune.topology import world_size
 

@@ -103,6 +103,7 @@ build_binaries() {
   PPID_OF_BUILD=$$
   export -f go_build_tools version_ldflags kube_version pinned
   export TOOLS_DIR
+  # shellcheck disable=SC2016 # $1 is the inner shell's
   if ! run_in_group "$build_log" bash -c 'go_build_tools "$1"' _ "$tmp"; then
     rm -rf "$tmp"
     tail -n 20 "$build_log" >&2

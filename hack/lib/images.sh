@@ -42,6 +42,7 @@ ensure_base_image() {
   if [[ ! -s $BASE_TAR ]]; then
     info "base image: mmdebstrap of bookworm with python3.11 (once; cached in $BASE_TAR)"
     mkdir -p "$(dirname "$BASE_TAR")"
+    # shellcheck disable=SC2016 # "$1" is mmdebstrap's: the root of the new tree
     local hook='rm -f "$1"/usr/lib/python3.11/EXTERNALLY-MANAGED; for n in python python3 python3.11; do ln -sf /usr/bin/python3.11 "$1/usr/local/bin/$n"; done; for n in pip pip3; do ln -sf /usr/bin/pip3 "$1/usr/local/bin/$n"; done; rm -rf "$1"/var/lib/apt/lists/* "$1"/var/cache/apt/*.bin'
     mmdebstrap --variant=apt --mode=root --format=tar \
       --include=python3.11,python3-pip,python3-venv,ca-certificates,netbase,tzdata,passwd \
@@ -170,8 +171,9 @@ EOF
 # the hand-over to containerd when the real node runs.
 build_all_images() {
   local start=$SECONDS tag
-  command -v buildah >/dev/null && command -v mmdebstrap >/dev/null ||
+  if ! command -v buildah >/dev/null || ! command -v mmdebstrap >/dev/null; then
     apt_install buildah mmdebstrap
+  fi
   mkdir -p "$IMAGE_DIR" "$LOG_DIR"
   ensure_base_image
   ensure_pause_image

@@ -47,7 +47,6 @@ HOST_PATHS=(/var/lib/kubelet /var/log/pods /var/log/containers /usr/libexec/kube
 HOST_DIR="$CLUSTER_DIR/host" # what `up` recorded about the host
 NODE_DIR="$CLUSTER_DIR/node" # kubelet root, containerd state, CNI, configs
 CONTAINERD_SOCK="$NODE_DIR/run/containerd.sock"
-REAL_COMPONENTS=(containerd kubelet kube-proxy coredns)
 
 real_nodes_on() { [[ $REAL_NODES != 0 ]]; }
 
@@ -179,12 +178,11 @@ setup_cgroups() {
 
 # Kill what is left in our cgroups (containers of a crashed run), then remove them, deepest first.
 teardown_cgroups() {
-  local h dir pid
+  local h dir
   for h in $(cgroup_hierarchies); do
     [[ -d $h/$CGROUP_ROOT ]] || continue
-    for pid in $(find "$h/$CGROUP_ROOT" -name cgroup.procs -exec cat {} + 2>/dev/null); do
-      kill -KILL "$pid" 2>/dev/null || true
-    done
+    find "$h/$CGROUP_ROOT" -name cgroup.procs -exec cat {} + 2>/dev/null |
+      while read -r pid; do kill -KILL "$pid" 2>/dev/null || true; done
   done
   sleep 0.2
   for h in $(cgroup_hierarchies); do

@@ -66,7 +66,7 @@ apt_install() {
 ensure_node_packages() {
   local missing=() pair
   for pair in containerd:containerd runc:runc ctr:containerd iptables:iptables nft:nftables \
-              gcc:gcc; do
+              gcc:gcc buildah:buildah; do
     command -v "${pair%%:*}" >/dev/null || missing+=("${pair#*:}")
   done
   [[ -x /usr/lib/cni/bridge ]] || missing+=(containernetworking-plugins)
@@ -423,9 +423,14 @@ start_real_node() {
   setup_cgroups
   mkdir -p "$NODE_DIR/pod-logs" "$NODE_DIR/volume-plugins"
   start_containerd
+  # The sandbox image is all a pod needs from us; it takes a second to make, so `up` makes it
+  # when `make images` has not run. Our two images come from `make images` (imported here).
+  if [[ -z $(recorded_digest "$PAUSE_IMAGE") ]]; then
+    mkdir -p "$IMAGE_DIR"
+    ensure_pause_image
+    export_image "$PAUSE_IMAGE"
+  fi
   import_images ctr_node
-  ctr_node images ls -q "name==$PAUSE_IMAGE" | grep -q . ||
-    die "containerd has no $PAUSE_IMAGE: run \`hack/cluster.sh images\` (make images) first, or KUBETUNE_REAL_NODES=0"
   write_node_configs
   real_node_manifests | kubectl_admin apply --server-side -f - >/dev/null
   start_kubelet

@@ -61,3 +61,74 @@ def test_failing_pod_termination_message_reaches_the_attempts(
     attempt = status["attempts"][0]
     assert attempt["result"] == line["reason"], (attempt, line)
     assert attempt["message"] and line["message"][:40] in attempt["message"], (attempt, line)
+
+
+def test_deleted_trainer_pod_gets_a_new_attempt_that_resumes(
+    kubectl: Any, release: Release, volumes: Volumes, wait_until: Callable[..., Any]
+) -> None:
+    """`kubectl delete pod` mid-run: the kubelet sends the real SIGTERM and waits the grace
+    period; the Job fails, the operator starts attempt 1 and `--resume auto` continues from the
+    newest checkpoint on the output PV. (The trainer has no SIGTERM handler of its own yet: the
+    checkpoint it resumes from is the last periodic one, not one written on SIGTERM.)"""
+    ns, name = release.namespace, "interrupted"
+    manifest = ftj_manifest(name, maxSteps=64, saveEverySteps=8, evalEverySteps=32)
+    manifest["spec"]["retry"] = {"maxRetries": 1}
+    kubectl.apply(manifest, namespace=ns)
+    checkpoints = volumes.path("output") / name / "checkpoints"
+
+    def saved() -> list[str] | None:
+        found = (
+            sorted(p.name for p in checkpoints.glob("*") if p.is_dir())
+            if checkpoints.exists()
+            else []
+        )
+        return found or None
+
+    wait_until(saved, timeout=600, what=f"a checkpoint of {name}")
+    pod = kubectl.json("get", "pods", "-n", ns, "-l", f"kubetune.io/finetunejob={name}")["items"][0]
+    kubectl("delete", "pod", pod["metadata"]["name"], "-n", ns, "--wait=true", timeout=120)
+    before = saved() or []
+    steps: list[int] = []
+
+    def ended() -> dict[str, Any] | None:
+        status = kubectl.json("get", "ftj", name, "-n", ns).get("status") or {}
+        attempts = status.get("attempts") or []
+        if len(attempts) > 1 and status.get("progress"):
+            steps.append(int(status["progress"].get("step") or 0))
+        return status if status.get("phase") in ("Succeeded", "Failed") else None
+
+    status = wait_until(ended, timeout=900, what=f"FineTuneJob {name} to finish")
+    attempts = status["attempts"]
+    assert len(attempts) == 2, attempts
+    assert attempts[0]["result"] != "Succeeded", attempts
+    assert status["phase"] == "Succeeded", status
+    assert status["progress"]["step"] == 64, status["progress"]
+    # Resumed, not restarted: attempt 1 never reported a step before the checkpoint it found.
+    first = int(before[-1].rsplit("-", 1)[-1]) if before and before[-1][-1].isdigit() else 0
+    assert steps and min(steps) >= first, (before, steps)
+
+
+def test_two_node_finetunejob_rendezvous_through_the_headless_service(
+    kubectl: Any, release: Release, volumes: Volumes, wait_until: Callable[..., Any]
+) -> None:
+    """`nodes: 2`: an Indexed Job of two pods; torchrun on pod 1 finds pod 0 as
+    `<job>-0.<service>` (CoreDNS answering for the headless Service), gloo on the CPU, and the
+    two train one adapter."""
+    ns, name = release.namespace, "two-nodes"
+    manifest = ftj_manifest(name, maxSteps=16, evalEverySteps=16, saveEverySteps=16)
+    manifest["spec"]["resources"]["nodes"] = 2
+    kubectl.apply(manifest, namespace=ns)
+
+    def ended() -> dict[str, Any] | None:
+        status = kubectl.json("get", "ftj", name, "-n", ns).get("status") or {}
+        return status if status.get("phase") in ("Succeeded", "Failed") else None
+
+    status = wait_until(ended, timeout=900, what=f"FineTuneJob {name} to finish")
+    pods = kubectl.json("get", "pods", "-n", ns, "-l", f"kubetune.io/finetunejob={name}")["items"]
+    logs = "\n".join(
+        kubectl("logs", p["metadata"]["name"], "-n", ns, "--tail=40", check=False).stdout
+        for p in pods
+    )
+    assert status["phase"] == "Succeeded", (status, logs[-3000:])
+    assert len(pods) == 2 and all(p["status"]["phase"] == "Succeeded" for p in pods), logs
+    assert (volumes.path("output") / name / "adapter" / "adapter_config.json").is_file()

@@ -75,12 +75,15 @@ ensure_pause_image() {
   rm -rf "$tmp"
 }
 
-# build_image TAG DOCKERFILE: `buildah bud` of the repository root, layer cache on.
+# build_image TAG DOCKERFILE: `buildah bud` of the repository root, layer cache on. The image
+# the tag named before is removed when the build moves the tag (its layers that the new image
+# shares stay); the cache's untagged step images are left alone: they are the layer cache.
 build_image() {
-  local tag=$1 dockerfile=$2 uv_cache uv_toml="$IMAGE_DIR/uv-system.toml"
+  local tag=$1 dockerfile=$2 uv_cache uv_toml="$IMAGE_DIR/uv-system.toml" old new
   uv_cache=$(uv cache dir 2>/dev/null || echo "$HOME/.cache/uv")
   mkdir -p "$uv_cache"
   printf '# Mounted at /etc/uv/uv.toml in image builds: trust the host CA store.\nsystem-certs = true\n' >"$uv_toml"
+  old=$(bah images --noheading --no-trunc --format '{{.ID}}' "$tag" 2>/dev/null || true)
   info "image $tag from $dockerfile (log: $LOG_DIR/build-$(basename "${tag%%:*}").log)"
   bah bud --isolation chroot --pull=never --layers \
     -v "$HOST_CA_BUNDLE:/etc/ssl/certs/ca-certificates.crt:ro" \
@@ -88,6 +91,8 @@ build_image() {
     -f "$REPO_ROOT/$dockerfile" -t "$tag" "$REPO_ROOT" \
     >"$LOG_DIR/build-$(basename "${tag%%:*}").log" 2>&1 ||
     { tail -n 30 "$LOG_DIR/build-$(basename "${tag%%:*}").log" >&2; bah rm --all >/dev/null 2>&1; die "buildah bud of $dockerfile failed"; }
+  new=$(bah images --noheading --no-trunc --format '{{.ID}}' "$tag")
+  if [[ -n $old && $old != "$new" ]]; then bah rmi "$old" >/dev/null 2>&1 || true; fi
 }
 
 # export_image TAG: into its OCI layout (blobs already there are not written again); records
@@ -124,13 +129,12 @@ import_images() {
   done <"$IMAGE_DIR/digests"
 }
 
-# Keep the store under its cap: drop superseded final images (untagged by a newer build) and,
-# if still over the cap, the whole build store (the base tarball and the OCI layouts stay).
+# Keep the store under its cap. Superseded images went in build_image; untagged step images are
+# the layer cache (pruning "dangling" images, as `buildah rmi --prune` does, deletes the cache of
+# a multi-stage build), so above the cap the whole build store goes (the base tarball and the
+# OCI layouts stay; the next build starts again from the uv cache).
 prune_images() {
-  local id size_gb
-  for id in $(bah images --filter dangling=true --format '{{.ID}}' 2>/dev/null); do
-    bah rmi "$id" >/dev/null 2>&1 || true
-  done
+  local size_gb
   bah rm --all >/dev/null 2>&1 || true # working containers a failed build left
   size_gb=$(($(du -sxk "$IMAGE_DIR" | cut -f1) / 1024 / 1024))
   if ((size_gb > IMAGE_CACHE_GB)); then

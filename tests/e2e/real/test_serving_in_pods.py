@@ -20,6 +20,7 @@ def manifest() -> dict[str, Any]:
         "modelPvc": {"claimName": "models", "path": "tiny-qwen3"},
         "quantization": "none",
         "replicas": 1,
+        "gpus": 0,  # CPU torch on the real node
     }
     return {
         "apiVersion": "kubetune.io/v1alpha1",

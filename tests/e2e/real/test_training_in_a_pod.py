@@ -40,7 +40,11 @@ def test_kubectl_logs_show_the_trainer(trained: Trained) -> None:
 
 
 def test_failing_pod_termination_message_reaches_the_attempts(
-    kubectl: Any, release: Release, volumes: Volumes, wait_until: Callable[..., Any]
+    kubectl: Any,
+    release: Release,
+    reconciler: str,
+    volumes: Volumes,
+    wait_until: Callable[..., Any],
 ) -> None:
     """Training data that is not chat examples: the trainer exits non-zero and writes its one
     JSON line to /dev/termination-log; the kubelet puts it into the container status, and the
@@ -64,7 +68,11 @@ def test_failing_pod_termination_message_reaches_the_attempts(
 
 
 def test_deleted_trainer_pod_gets_a_new_attempt_that_resumes(
-    kubectl: Any, release: Release, volumes: Volumes, wait_until: Callable[..., Any]
+    kubectl: Any,
+    release: Release,
+    reconciler: str,
+    volumes: Volumes,
+    wait_until: Callable[..., Any],
 ) -> None:
     """`kubectl delete pod` mid-run: the kubelet sends the real SIGTERM and waits the grace
     period; the Job fails, the operator starts attempt 1 and `--resume auto` continues from the
@@ -88,13 +96,17 @@ def test_deleted_trainer_pod_gets_a_new_attempt_that_resumes(
     pod = kubectl.json("get", "pods", "-n", ns, "-l", f"kubetune.io/finetunejob={name}")["items"][0]
     kubectl("delete", "pod", pod["metadata"]["name"], "-n", ns, "--wait=true", timeout=120)
     before = saved() or []
-    steps: list[int] = []
+    stale = int(
+        (kubectl.json("get", "ftj", name, "-n", ns)["status"].get("progress") or {}).get("step")
+        or 0
+    )
+    steps: list[int] = []  # what attempt 1 reports (status.progress keeps attempt 0's until then)
 
     def ended() -> dict[str, Any] | None:
         status = kubectl.json("get", "ftj", name, "-n", ns).get("status") or {}
-        attempts = status.get("attempts") or []
-        if len(attempts) > 1 and status.get("progress"):
-            steps.append(int(status["progress"].get("step") or 0))
+        step = int((status.get("progress") or {}).get("step") or 0)
+        if len(status.get("attempts") or []) > 1 and (steps or step != stale):
+            steps.append(step)
         return status if status.get("phase") in ("Succeeded", "Failed") else None
 
     status = wait_until(ended, timeout=900, what=f"FineTuneJob {name} to finish")
@@ -109,7 +121,11 @@ def test_deleted_trainer_pod_gets_a_new_attempt_that_resumes(
 
 
 def test_two_node_finetunejob_rendezvous_through_the_headless_service(
-    kubectl: Any, release: Release, volumes: Volumes, wait_until: Callable[..., Any]
+    kubectl: Any,
+    release: Release,
+    reconciler: str,
+    volumes: Volumes,
+    wait_until: Callable[..., Any],
 ) -> None:
     """`nodes: 2`: an Indexed Job of two pods; torchrun on pod 1 finds pod 0 as
     `<job>-0.<service>` (CoreDNS answering for the headless Service), gloo on the CPU, and the
@@ -118,17 +134,31 @@ def test_two_node_finetunejob_rendezvous_through_the_headless_service(
     manifest = ftj_manifest(name, maxSteps=16, evalEverySteps=16, saveEverySteps=16)
     manifest["spec"]["resources"]["nodes"] = 2
     kubectl.apply(manifest, namespace=ns)
+    logs = ""
 
     def ended() -> dict[str, Any] | None:
+        nonlocal logs
         status = kubectl.json("get", "ftj", name, "-n", ns).get("status") or {}
+        for pod in kubectl.json("get", "pods", "-n", ns, "-l", f"kubetune.io/finetunejob={name}")[
+            "items"
+        ]:
+            out = kubectl(
+                "logs", pod["metadata"]["name"], "-n", ns, "--tail=60", check=False
+            ).stdout
+            logs = out if len(out) > len(logs) else logs
         return status if status.get("phase") in ("Succeeded", "Failed") else None
 
     status = wait_until(ended, timeout=900, what=f"FineTuneJob {name} to finish")
     pods = kubectl.json("get", "pods", "-n", ns, "-l", f"kubetune.io/finetunejob={name}")["items"]
-    logs = "\n".join(
-        kubectl("logs", p["metadata"]["name"], "-n", ns, "--tail=40", check=False).stdout
-        for p in pods
+    logs = (
+        "\n".join(
+            kubectl("logs", p["metadata"]["name"], "-n", ns, "--tail=60", check=False).stdout
+            for p in pods
+        )
+        or logs
     )
-    assert status["phase"] == "Succeeded", (status, logs[-3000:])
+    assert status["phase"] == "Succeeded", (
+        f"{json.dumps(status)[:1500]}\n--- pod logs ---\n{logs[-5000:]}"
+    )
     assert len(pods) == 2 and all(p["status"]["phase"] == "Succeeded" for p in pods), logs
     assert (volumes.path("output") / name / "adapter" / "adapter_config.json").is_file()

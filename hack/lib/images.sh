@@ -179,6 +179,7 @@ build_all_images() {
     apt_install buildah mmdebstrap
   fi
   mkdir -p "$IMAGE_DIR" "$LOG_DIR"
+  bah rm --all >/dev/null 2>&1 || true # working containers (and their mounts) of a killed build
   ensure_base_image
   ensure_pause_image
   build_image "$(operator_image)" Dockerfile

@@ -103,9 +103,10 @@ restore_host() {
   if command -v nft >/dev/null; then
     while IFS= read -r table; do
       grep -qxF "$table" "$HOST_DIR/nft-tables" && continue
-      nft list "$table" 2>/dev/null | grep -qE '^\s+(type|[a-z].* (jump|accept|drop|counter))' &&
-        continue # not empty: someone else's rules arrived; leave it
-      nft delete "${table#table }" 2>/dev/null || true
+      # Only tables with no rule left (base chains alone are what iptables-nft makes for itself).
+      nft list "$table" 2>/dev/null | grep -vqE '^\s*(table .*|chain .*|type .* hook .*|\}|)$' &&
+        continue
+      nft delete "$table" 2>/dev/null || true
     done < <(nft list tables 2>/dev/null)
   fi
   rm -f "$HOST_DIR/sysctls"

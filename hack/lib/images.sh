@@ -96,15 +96,23 @@ build_image() {
 }
 
 # export_image TAG: into its OCI layout (blobs already there are not written again); records
-# the manifest digest in $IMAGE_DIR/digests.
+# "TAG DIGEST IMAGE-ID" in $IMAGE_DIR/digests. An image exported before (same ID, manifest still
+# in the layout) is skipped: buildah would re-read and re-compress every layer (minutes for the
+# runtime image) only to find the same digest.
 export_image() {
-  local tag=$1 layout digest
+  local tag=$1 layout digest id
   layout="$IMAGE_DIR/oci/$(basename "${tag%%:*}")"
+  id=$(bah images --noheading --no-trunc --format '{{.ID}}' "$tag")
+  digest=$(recorded_digest "$tag")
+  if [[ -n $digest && $(awk -v t="$tag" '$1 == t { print $3 }' "$IMAGE_DIR/digests") == "$id" &&
+        -f $layout/blobs/${digest/://} ]]; then
+    return 0
+  fi
   mkdir -p "$layout"
   bah push --quiet --disable-compression "$tag" "oci:$layout:$tag" >/dev/null
   digest=$(python3 -c 'import json,sys; i=json.load(open(sys.argv[1])); print([m["digest"] for m in i["manifests"] if m.get("annotations",{}).get("org.opencontainers.image.ref.name")==sys.argv[2]][-1])' "$layout/index.json" "$tag")
   touch "$IMAGE_DIR/digests"
-  { grep -v "^$tag " "$IMAGE_DIR/digests" || true; echo "$tag $digest"; } >"$IMAGE_DIR/digests.new"
+  { grep -v "^$tag " "$IMAGE_DIR/digests" || true; echo "$tag $digest $id"; } >"$IMAGE_DIR/digests.new"
   mv "$IMAGE_DIR/digests.new" "$IMAGE_DIR/digests"
 }
 
@@ -117,7 +125,7 @@ recorded_digest() { awk -v t="$1" '$1 == t { print $2 }' "$IMAGE_DIR/digests" 2>
 import_images() {
   local tag layout want have
   [[ -s $IMAGE_DIR/digests ]] || return 0
-  while read -r tag want; do
+  while read -r tag want _; do
     layout="$IMAGE_DIR/oci/$(basename "${tag%%:*}")"
     have=$("$@" images ls "name==$tag" 2>/dev/null | awk 'NR > 1 { print $3 }')
     [[ $have == "$want" ]] && continue
@@ -189,5 +197,5 @@ build_all_images() {
   done
   prune_images
   info "images built in $((SECONDS - start))s; digests in $IMAGE_DIR/digests:"
-  sed 's/^/  /' "$IMAGE_DIR/digests" >&2
+  awk '{ print "  " $1, $2 }' "$IMAGE_DIR/digests" >&2
 }

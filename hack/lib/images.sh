@@ -110,6 +110,7 @@ export_image() {
   fi
   mkdir -p "$layout"
   bah push --quiet --disable-compression "$tag" "oci:$layout:$tag" >/dev/null
+  prune_layout "$layout" # the blobs of the manifest this push replaced
   digest=$(python3 -c 'import json,sys; i=json.load(open(sys.argv[1])); print([m["digest"] for m in i["manifests"] if m.get("annotations",{}).get("org.opencontainers.image.ref.name")==sys.argv[2]][-1])' "$layout/index.json" "$tag")
   touch "$IMAGE_DIR/digests"
   { grep -v "^$tag " "$IMAGE_DIR/digests" || true; echo "$tag $digest $id"; } >"$IMAGE_DIR/digests.new"
@@ -153,8 +154,8 @@ prune_images() {
   fi
 }
 
-# prune_layout DIR: keep only the newest manifest per ref in an OCI layout and delete blobs
-# nothing references any more.
+# prune_layout DIR: keep only the newest manifest per ref (tag) in an OCI layout and delete
+# the blobs nothing references any more.
 prune_layout() {
   python3 - "$1" <<'EOF'
 import json, os, sys
@@ -162,8 +163,10 @@ root = sys.argv[1]
 index_path = os.path.join(root, "index.json")
 index = json.load(open(index_path))
 latest = {}
-for m in index["manifests"]:
-    latest[m.get("annotations", {}).get("org.opencontainers.image.ref.name")] = m
+for m in index["manifests"]:  # buildah leaves the manifest it replaced without a ref.name
+    ref = m.get("annotations", {}).get("org.opencontainers.image.ref.name")
+    if ref:
+        latest[ref] = m
 index["manifests"] = list(latest.values())
 json.dump(index, open(index_path, "w"))
 keep = set()

@@ -185,7 +185,8 @@ def check(name: str, plan: list[str], body: Any, seen: Seen) -> list[str]:
 
 
 def run(jobs: int, kills: int, seed: int, timeout: float, log: Path) -> int:
-    config.load_kube_config()
+    # $KUBECONFIG as it is now: the client reads it once, at import, for its default location
+    config.load_kube_config(config_file=os.environ.get("KUBECONFIG"))
     core, batch, custom = client.CoreV1Api(), client.BatchV1Api(), client.CustomObjectsApi()
     rng = random.Random(seed)
     ns = f"chaos-{int(time.time())}"
@@ -242,7 +243,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--timeout", type=float, default=600)
     p.add_argument("--log", type=Path, default=Path("/tmp/kubetune-chaos-operator.log"))
     args = p.parse_args(argv)
-    config.load_kube_config()
     return run(args.jobs, args.kills, args.seed, args.timeout, args.log)
 
 

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import pytest
 
 from kubetune_operator.cli import build_parser, main, settings_from
@@ -59,3 +65,18 @@ def test_the_kubetune_dispatcher_reaches_the_operator(capsys: pytest.CaptureFixt
         "--standalone",
     ):
         assert flag in out
+
+
+def test_the_oldest_process_gets_the_higher_priority_however_slow_its_start() -> None:
+    """Two replicas started 0.3 s apart, the first one slower to get going (a loaded node)."""
+    code = (
+        "import sys, time; time.sleep(float(sys.argv[1])); "
+        "from kubetune_operator.cli import peering_priority, process_start_time; "
+        "print(peering_priority('oldest', process_start_time()))"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[3] / "operator")}
+    first = subprocess.Popen([sys.executable, "-c", code, "1.5"], stdout=subprocess.PIPE, env=env)
+    time.sleep(0.3)
+    second = subprocess.Popen([sys.executable, "-c", code, "0"], stdout=subprocess.PIPE, env=env)
+    older, younger = (int(p.communicate(timeout=60)[0]) for p in (first, second))
+    assert older > younger

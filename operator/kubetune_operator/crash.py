@@ -1,6 +1,6 @@
 """Test-only crash hooks: `KUBETUNE_CRASH_AT=after-job-apply` kills the operator at that point.
 
-A fault test (`bench/chaos.py`, tests/e2e/test_finetunejob_chaos.py) sets the variable to one or
+A fault test (`bench/chaos.py`, tests/e2e/test_chaos.py) sets the variable to one or
 more comma-separated points and the operator process ends with `os._exit(CRASH_EXIT)` (no
 cleanup, as a SIGKILL would) the moment a reconcile reaches one of them:
 

@@ -74,7 +74,7 @@ def test_the_shared_layer_loads_without_torch_or_optuna() -> None:
     code = (
         "import sys, kubetune_api, kubetune_api.crd, kubetune_api.memory, "
         "kubetune_api.termination, kubetune_api.names; "
-        "print(sorted(m for m in ('torch', 'optuna', 'transformers') if m in sys.modules))"
+        "print(sorted(m for m in ('torch', 'optuna', 'transformers', 'peft') if m in sys.modules))"
     )
     out = subprocess.run(
         [sys.executable, "-c", code],

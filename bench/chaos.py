@@ -37,8 +37,10 @@ from kubernetes import client, config
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests" / "e2e"))
 sys.path.insert(0, str(REPO / "bench"))
+sys.path.insert(0, str(REPO / "operator"))
 from operator_helpers import OperatorProcess  # noqa: E402
 
+from kubetune_operator.crash import CRASH_EXIT, POINTS  # noqa: E402
 from operator_scale import cleanup, fresh_namespace, volumes  # noqa: E402
 
 LABEL = "kubetune.io/finetunejob"
@@ -49,7 +51,8 @@ ENDINGS = {  # scripted ending -> (exit code, reason in the termination line and
     "fatal": (3, "InvalidData"),
     "ok": (0, "Succeeded"),
 }
-HOOKS = ("before-job-apply", "after-job-apply", "after-status-patch")
+HOOKS = POINTS
+HOOK_GRACE = 20.0  # seconds a hooked start may run before the random kills resume
 
 
 @dataclass
@@ -123,40 +126,69 @@ def kubelet_pass(core: client.CoreV1Api, batch: client.BatchV1Api, ns: str,
 
 
 class Chaos:
-    """The operator under test, restarted after every kill; every third start has a crash hook."""
+    """The operator under test, restarted after every kill; every third start has a crash hook.
+
+    A hooked start is spared the random SIGKILL for `HOOK_GRACE` seconds so that it can reach
+    its point (jobs are still being created and retried then); any exit other than a hook's
+    CRASH_EXIT is counted as a problem."""
 
     def __init__(self, env: dict[str, str], log: Path, kills: int, rng: random.Random) -> None:
         self.env, self.log, self.kills, self.rng = env, log, kills, rng
         self.proc: OperatorProcess | None = None
-        self.killed = self.hooks = self.starts = 0
+        self.killed = self.starts = 0
+        self.armed: dict[str, int] = defaultdict(int)
+        self.hit: dict[str, int] = defaultdict(int)
+        self.hook: str | None = None
+        self.started = 0.0
+        self.bad_exits: list[int] = []
         self.stop = threading.Event()
+
+    @property
+    def hooks(self) -> int:
+        return sum(self.hit.values())
 
     def start(self) -> None:
         env = dict(self.env)
         self.starts += 1
+        self.hook = None
         if self.starts % 3 == 0 and self.killed < self.kills:
-            env["KUBETUNE_CRASH_AT"] = HOOKS[(self.starts // 3) % len(HOOKS)]
+            self.hook = HOOKS[(self.starts // 3) % len(HOOKS)]
+            env["KUBETUNE_CRASH_AT"] = self.hook
+            self.armed[self.hook] += 1
         self.proc = OperatorProcess(env, self.log)
+        self.started = time.monotonic()
         try:
             self.proc.start()
-        except RuntimeError:  # the hook fired before /healthz answered
-            self.hooks += 1
-            self.start()
+        except RuntimeError:  # ended before /healthz answered: a hook, or a real crash
+            self.ended()
+
+    def ended(self) -> None:
+        """The process exited on its own: count it by its exit code, then start another."""
+        assert self.proc is not None and self.proc.proc is not None
+        code = self.proc.proc.wait()
+        if code == CRASH_EXIT and self.hook:
+            self.hit[self.hook] += 1
+        else:
+            self.bad_exits.append(code)
+        self.start()
 
     def run(self) -> None:
         """Kill at random moments; restart at once; a process a hook ended is restarted too."""
         next_kill = time.monotonic() + self.rng.uniform(0.5, 3.0)
         while not self.stop.is_set():
             assert self.proc is not None and self.proc.proc is not None
-            if self.proc.proc.poll() is not None:  # a crash hook
-                self.hooks += 1
-                self.start()
-            elif self.killed < self.kills and time.monotonic() >= next_kill:
+            spared = self.hook is not None and time.monotonic() - self.started < HOOK_GRACE
+            if self.proc.proc.poll() is not None:
+                self.ended()
+            elif self.killed < self.kills and time.monotonic() >= next_kill and not spared:
                 self.proc.kill()
                 self.killed += 1
                 self.start()
                 next_kill = time.monotonic() + self.rng.uniform(0.5, 3.0)
             time.sleep(0.1)
+
+    def hook_summary(self) -> str:
+        return ", ".join(f"{p} {self.hit[p]}/{self.armed[p]}" for p in HOOKS if self.armed[p])
 
 
 def check(name: str, plan: list[str], body: Any, seen: Seen) -> list[str]:
@@ -226,9 +258,11 @@ def run(jobs: int, kills: int, seed: int, timeout: float, log: Path) -> int:
     attempts = sum(len(p) for p in plans.values())
     assert chaos.proc is not None
     chaos.proc.stop()
+    problems += [f"operator exited with {code}, not a kill or a hook" for code in chaos.bad_exits]
     print(f"jobs {jobs}  attempts {attempts}  operator SIGKILLs {chaos.killed}  crash hooks hit "
           f"{chaos.hooks}  starts {chaos.starts}  duplicates {duplicates}  lost jobs {lost}  "
           f"problems {len(problems)}  time {elapsed:.1f}s")  # fmt: skip
+    print(f"crash hooks hit/armed: {chaos.hook_summary() or 'none armed'}")
     for problem in problems[:40]:
         print("  " + problem)
     cleanup(ns)

@@ -30,3 +30,4 @@ def test_chaos_small(
     print(out)
     assert code == 0, out
     assert "duplicates 0  lost jobs 0  problems 0" in out
+    assert "crash hooks hit/armed: none armed" not in out

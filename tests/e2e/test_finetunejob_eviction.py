@@ -1,0 +1,86 @@
+"""A trainer pod evicted through the real Eviction API (what `kubectl drain` and the node-pressure
+paths use) is a disruption: the API server adds the pod's `DisruptionTarget` condition, the Job's
+podFailurePolicy fails the attempt by its rule, and the operator starts the next attempt with no
+retry spent (`retry.maxRetries: 0` would otherwise end the job Failed).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from kubernetes import client, config
+from operator_helpers import (
+    OperatorProcess,
+    create_pvcs,
+    delete_pvs,
+    finish_pod,
+    operator,  # noqa: F401  (module fixture)
+    status_of,
+    wait_phase,
+    wait_pod_running,
+)
+
+pytestmark = pytest.mark.e2e
+Wait = Callable[..., Any]
+
+
+def manifest(name: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "kubetune.io/v1alpha1",
+        "kind": "FineTuneJob",
+        "metadata": {"name": name},
+        "spec": {
+            "model": {"name": "Qwen/Qwen3-0.6B"},
+            "dataset": {"train": {"pvc": {"claimName": "data", "path": "train.jsonl"}}},
+            "resources": {"gpusPerNode": 1},
+            "output": {"pvc": {"claimName": "output"}},
+            "retry": {"maxRetries": 0},
+        },
+    }
+
+
+def evict(cluster: Any, namespace: str, pod: str) -> None:
+    """POST pods/eviction, as `kubectl drain` does."""
+    api = client.CoreV1Api(config.new_client_from_config(config_file=str(cluster.kubeconfig)))
+    body = client.V1Eviction(metadata=client.V1ObjectMeta(name=pod, namespace=namespace))
+    api.create_namespaced_pod_eviction(pod, namespace, body)
+
+
+def test_eviction_is_a_disruption_not_a_spent_retry(
+    cluster: Any,
+    kubectl: Any,
+    namespace: str,
+    operator: OperatorProcess,  # noqa: F811
+    wait_until: Wait,
+) -> None:
+    ns = namespace
+    create_pvcs(kubectl, ns, {"data", "output"})
+    try:
+        kubectl.apply(manifest("evicted"), namespace=ns)
+        pod = wait_pod_running(kubectl, ns, "evicted", 0, wait_until)[0]
+        evict(cluster, ns, pod["metadata"]["name"])
+
+        def next_attempt() -> dict[str, Any] | None:
+            status = status_of(kubectl, ns, "evicted")
+            attempts = status.get("attempts") or []
+            return status if len(attempts) > 1 and attempts[0].get("result") else None
+
+        status = wait_until(next_attempt, timeout=90, what="attempt 1 after the eviction")
+        assert status["phase"] in ("Retrying", "Running"), status
+        first = status["attempts"][0]
+        assert first["result"] == "Preempted", first
+        job = kubectl.json("get", "job", "evicted-a0", "-n", ns)
+        failed = next(c for c in job["status"]["conditions"] if c["type"] == "Failed")
+        assert failed["reason"] == "PodFailurePolicy", failed
+        assert "has condition DisruptionTarget matching FailJob rule" in failed["message"], failed
+        assert first["message"].startswith("EvictionByEvictionAPI"), first
+
+        second = wait_pod_running(kubectl, ns, "evicted", 1, wait_until)[0]
+        finish_pod(kubectl, ns, second["metadata"]["name"], 0)
+        status = wait_phase(kubectl, ns, "evicted", "Succeeded", wait_until)
+        assert [a["result"] for a in status["attempts"]] == ["Preempted", "Succeeded"]
+    finally:
+        kubectl("delete", "finetunejobs", "--all", "-n", ns, "--wait=false")
+        delete_pvs(kubectl, ns)

@@ -1,0 +1,204 @@
+# shellcheck shell=bash
+# Builds Kubetune's two images from the unchanged Dockerfiles with buildah, without Docker, and
+# hands them to the real node's containerd.
+#
+# Sourced by hack/cluster.sh (`hack/cluster.sh images`, `make images`; `up` imports what is
+# missing). Every image store lives under one cache folder, $IMAGE_DIR:
+#   base/      python:3.11-slim-bookworm made here with mmdebstrap (Debian's python3.11), a tarball
+#   storage/   buildah's containers-storage (layers of both builds; `--layers` reuses them)
+#   oci/       one OCI layout per image, the hand-over format (blobs already there are reused)
+#   containerd/ the real node's containerd root (images survive `down`, so `up` is quick)
+#   digests    the manifest digest of each built image, one "name digest" line each
+# The uv cache is mounted as an overlay (written in the build, never on the host), so nothing is
+# downloaded twice; the host's CA bundle and a uv config with `system-certs = true` are mounted
+# because outbound TLS here goes through an intercepting CA that uv would not trust otherwise.
+# The store is capped at KUBETUNE_IMAGE_CACHE_GB; `prune_images` enforces it.
+
+IMAGE_DIR=${KUBETUNE_IMAGE_DIR:-$KUBETUNE_CACHE/images}
+IMAGE_CACHE_GB=${KUBETUNE_IMAGE_CACHE_GB:-40}
+BASE_IMAGE=docker.io/library/python:3.11-slim-bookworm
+BASE_TAR="$IMAGE_DIR/base/python-3.11-slim-bookworm.tar"
+HOST_CA_BUNDLE=${KUBETUNE_CA_BUNDLE:-/etc/ssl/certs/ca-certificates.crt}
+DEBIAN_MIRROR=${KUBETUNE_DEBIAN_MIRROR:-http://deb.debian.org/debian}
+REPO_ROOT=$(cd "$HACK_DIR/.." && pwd)
+
+# The tags the chart's defaults expect (values.yaml: image.repository, defaults.trainerImage)
+# at the chart's appVersion; the runtime image serves too (defaults.serverImage).
+app_version() { awk -F'"' '/^appVersion:/ { print $2 }' "$REPO_ROOT/charts/kubetune/Chart.yaml"; }
+operator_image() { echo "ghcr.io/kubetune/operator:$(app_version)"; }
+trainer_image() { echo "ghcr.io/kubetune/trainer:$(app_version)"; }
+# The sandbox ("pause") image of every pod: a static build of Kubernetes' own pause.c.
+PAUSE_IMAGE=kubetune.local/pause:3.10
+
+bah() {
+  buildah --root "$IMAGE_DIR/storage" --runroot "$IMAGE_DIR/run" --storage-driver overlay "$@"
+}
+
+# python:3.11-slim-bookworm, made locally: Debian bookworm with Debian's python3.11 and pip, the
+# way the official image lays it out where our Dockerfiles look (python/pip in /usr/local/bin,
+# pip allowed to install system-wide). The rootfs tarball is cached; the image is re-made from it
+# whenever the store lacks it (seconds).
+ensure_base_image() {
+  if [[ ! -s $BASE_TAR ]]; then
+    info "base image: mmdebstrap of bookworm with python3.11 (once; cached in $BASE_TAR)"
+    mkdir -p "$(dirname "$BASE_TAR")"
+    # shellcheck disable=SC2016 # "$1" is mmdebstrap's: the root of the new tree
+    local hook='rm -f "$1"/usr/lib/python3.11/EXTERNALLY-MANAGED; for n in python python3 python3.11; do ln -sf /usr/bin/python3.11 "$1/usr/local/bin/$n"; done; for n in pip pip3; do ln -sf /usr/bin/pip3 "$1/usr/local/bin/$n"; done; rm -rf "$1"/var/lib/apt/lists/* "$1"/var/cache/apt/*.bin'
+    mmdebstrap --variant=apt --mode=root --format=tar \
+      --include=python3.11,python3-pip,python3-venv,ca-certificates,netbase,tzdata,passwd \
+      --customize-hook="$hook" bookworm "$BASE_TAR.partial" \
+      "deb $DEBIAN_MIRROR bookworm main" "deb $DEBIAN_MIRROR bookworm-updates main" \
+      "deb ${DEBIAN_MIRROR%/debian}/debian-security bookworm-security main" \
+      >"$LOG_DIR/mmdebstrap.log" 2>&1 || die "mmdebstrap failed; log: $LOG_DIR/mmdebstrap.log"
+    mv "$BASE_TAR.partial" "$BASE_TAR"
+  fi
+  bah inspect --type image "$BASE_IMAGE" >/dev/null 2>&1 && return 0
+  local ctr
+  ctr=$(bah from scratch)
+  bah add "$ctr" "$BASE_TAR" / >/dev/null
+  bah config --env PATH=/usr/local/bin:/usr/local/sbin:/usr/sbin:/usr/bin:/sbin:/bin \
+    --env LANG=C.UTF-8 --cmd python3 "$ctr"
+  bah commit --quiet --rm "$ctr" "$BASE_IMAGE" >/dev/null
+}
+
+# The pause image: `gcc -static` of pause.c from the pinned Kubernetes module (a few KB).
+ensure_pause_image() {
+  bah inspect --type image "$PAUSE_IMAGE" >/dev/null 2>&1 && return 0
+  local src ctr tmp
+  src="$(cd "$TOOLS_DIR" && GOTOOLCHAIN=local go list -m -f '{{.Dir}}' k8s.io/kubernetes)/build/pause/linux/pause.c"
+  tmp=$(mktemp -d)
+  gcc -Os -static -o "$tmp/pause" "$src" || die "gcc -static of $src failed (needs gcc and libc6-dev)"
+  ctr=$(bah from scratch)
+  bah copy "$ctr" "$tmp/pause" /pause >/dev/null
+  bah config --entrypoint '["/pause"]' --user 65535:65535 "$ctr"
+  bah commit --quiet --rm "$ctr" "$PAUSE_IMAGE" >/dev/null
+  rm -rf "$tmp"
+}
+
+# build_image TAG DOCKERFILE: `buildah bud` of the repository root, layer cache on. The image
+# the tag named before is removed when the build moves the tag (its layers that the new image
+# shares stay); the cache's untagged step images are left alone: they are the layer cache.
+build_image() {
+  local tag=$1 dockerfile=$2 uv_cache uv_toml="$IMAGE_DIR/uv-system.toml" old new
+  uv_cache=$(uv cache dir 2>/dev/null || echo "$HOME/.cache/uv")
+  mkdir -p "$uv_cache"
+  printf '# Mounted at /etc/uv/uv.toml in image builds: trust the host CA store.\nsystem-certs = true\n' >"$uv_toml"
+  old=$(bah images --noheading --no-trunc --format '{{.ID}}' "$tag" 2>/dev/null || true)
+  info "image $tag from $dockerfile (log: $LOG_DIR/build-$(basename "${tag%%:*}").log)"
+  bah bud --isolation chroot --pull=never --layers \
+    -v "$HOST_CA_BUNDLE:/etc/ssl/certs/ca-certificates.crt:ro" \
+    -v "$uv_toml:/etc/uv/uv.toml:ro" -v "$uv_cache:/root/.cache/uv:O" \
+    -f "$REPO_ROOT/$dockerfile" -t "$tag" "$REPO_ROOT" \
+    >"$LOG_DIR/build-$(basename "${tag%%:*}").log" 2>&1 ||
+    { tail -n 30 "$LOG_DIR/build-$(basename "${tag%%:*}").log" >&2; bah rm --all >/dev/null 2>&1; die "buildah bud of $dockerfile failed"; }
+  new=$(bah images --noheading --no-trunc --format '{{.ID}}' "$tag")
+  if [[ -n $old && $old != "$new" ]]; then bah rmi "$old" >/dev/null 2>&1 || true; fi
+}
+
+# export_image TAG: into its OCI layout (blobs already there are not written again); records
+# "TAG DIGEST IMAGE-ID" in $IMAGE_DIR/digests. An image exported before (same ID, manifest still
+# in the layout) is skipped: buildah would re-read and re-compress every layer (minutes for the
+# runtime image) only to find the same digest.
+export_image() {
+  local tag=$1 layout digest id
+  layout="$IMAGE_DIR/oci/$(basename "${tag%%:*}")"
+  id=$(bah images --noheading --no-trunc --format '{{.ID}}' "$tag")
+  digest=$(recorded_digest "$tag")
+  if [[ -n $digest && $(awk -v t="$tag" '$1 == t { print $3 }' "$IMAGE_DIR/digests") == "$id" &&
+        -f $layout/blobs/${digest/://} ]]; then
+    return 0
+  fi
+  mkdir -p "$layout"
+  bah push --quiet --disable-compression "$tag" "oci:$layout:$tag" >/dev/null
+  prune_layout "$layout" # the blobs of the manifest this push replaced
+  digest=$(python3 -c 'import json,sys; i=json.load(open(sys.argv[1])); print([m["digest"] for m in i["manifests"] if m.get("annotations",{}).get("org.opencontainers.image.ref.name")==sys.argv[2]][-1])' "$layout/index.json" "$tag")
+  touch "$IMAGE_DIR/digests"
+  { grep -v "^$tag " "$IMAGE_DIR/digests" || true; echo "$tag $digest $id"; } >"$IMAGE_DIR/digests.new"
+  mv "$IMAGE_DIR/digests.new" "$IMAGE_DIR/digests"
+}
+
+# recorded_digest TAG: the digest export_image recorded, or nothing.
+recorded_digest() { awk -v t="$1" '$1 == t { print $2 }' "$IMAGE_DIR/digests" 2>/dev/null; }
+
+# import_images CTR...: give containerd (its `ctr` command line in "$@") every exported image
+# whose recorded digest it does not already hold under that tag. Streams the OCI layout; content
+# containerd already has is skipped, so only changed layers are written and unpacked.
+import_images() {
+  local tag layout want have
+  [[ -s $IMAGE_DIR/digests ]] || return 0
+  while read -r tag want _; do
+    layout="$IMAGE_DIR/oci/$(basename "${tag%%:*}")"
+    have=$("$@" images ls "name==$tag" 2>/dev/null | awk 'NR > 1 { print $3 }')
+    [[ $have == "$want" ]] && continue
+    info "containerd: importing $tag ($want)"
+    # Named by the layout's org.opencontainers.image.ref.name (the tag buildah pushed).
+    tar -C "$layout" -cf - . | "$@" images import - >/dev/null
+    have=$("$@" images ls "name==$tag" | awk 'NR > 1 { print $3 }')
+    [[ $have == "$want" ]] || die "containerd holds $tag as ${have:-nothing}, expected $want"
+  done <"$IMAGE_DIR/digests"
+}
+
+# Keep the store under its cap. Superseded images went in build_image; untagged step images are
+# the layer cache (pruning "dangling" images, as `buildah rmi --prune` does, deletes the cache of
+# a multi-stage build), so above the cap the whole build store goes (the base tarball and the
+# OCI layouts stay; the next build starts again from the uv cache).
+prune_images() {
+  local size_gb
+  bah rm --all >/dev/null 2>&1 || true # working containers a failed build left
+  size_gb=$(($(du -sxk "$IMAGE_DIR" | cut -f1) / 1024 / 1024))
+  if ((size_gb > IMAGE_CACHE_GB)); then
+    info "image cache ${size_gb} GB > KUBETUNE_IMAGE_CACHE_GB=$IMAGE_CACHE_GB: dropping the build store"
+    bah rmi --all --force >/dev/null 2>&1 || true
+    local layout
+    for layout in "$IMAGE_DIR"/oci/*/; do prune_layout "$layout"; done
+  fi
+}
+
+# prune_layout DIR: keep only the newest manifest per ref (tag) in an OCI layout and delete
+# the blobs nothing references any more.
+prune_layout() {
+  python3 - "$1" <<'EOF'
+import json, os, sys
+root = sys.argv[1]
+index_path = os.path.join(root, "index.json")
+index = json.load(open(index_path))
+latest = {}
+for m in index["manifests"]:  # buildah leaves the manifest it replaced without a ref.name
+    ref = m.get("annotations", {}).get("org.opencontainers.image.ref.name")
+    if ref:
+        latest[ref] = m
+index["manifests"] = list(latest.values())
+json.dump(index, open(index_path, "w"))
+keep = set()
+for m in index["manifests"]:
+    keep.add(m["digest"])
+    manifest = json.load(open(os.path.join(root, "blobs", *m["digest"].split(":"))))
+    keep.add(manifest["config"]["digest"])
+    keep.update(layer["digest"] for layer in manifest["layers"])
+blobs = os.path.join(root, "blobs", "sha256")
+for name in os.listdir(blobs):
+    if f"sha256:{name}" not in keep:
+        os.remove(os.path.join(blobs, name))
+EOF
+}
+
+# build_all_images: the whole `make images`: base, pause, both images, export, digests, prune, and
+# the hand-over to containerd when the real node runs.
+build_all_images() {
+  local start=$SECONDS tag
+  if ! command -v buildah >/dev/null || ! command -v mmdebstrap >/dev/null; then
+    apt_install buildah mmdebstrap
+  fi
+  mkdir -p "$IMAGE_DIR" "$LOG_DIR"
+  bah rm --all >/dev/null 2>&1 || true # working containers (and their mounts) of a killed build
+  ensure_base_image
+  ensure_pause_image
+  build_image "$(operator_image)" Dockerfile
+  build_image "$(trainer_image)" trainer_image/Dockerfile
+  for tag in "$PAUSE_IMAGE" "$(operator_image)" "$(trainer_image)"; do
+    export_image "$tag"
+  done
+  prune_images
+  info "images built in $((SECONDS - start))s; digests in $IMAGE_DIR/digests:"
+  awk '{ print "  " $1, $2 }' "$IMAGE_DIR/digests" >&2
+}

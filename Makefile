@@ -50,7 +50,7 @@ docs: setup ## Regenerate docs/configuration.md (the configuration reference) fr
 demo: setup ## From a fresh clone: tiny Qwen3, LoRA on examples/data, INT8 server + router, one answer (CPU, minutes)
 	hack/demo.sh
 
-demo-cluster: setup ## Local control plane + the chart; the operator runs locally with the chart's ServiceAccount token; examples applied
+demo-cluster: setup cluster-build images ## The local cluster's real node: the chart's operator, a FineTuneJob trained in a real pod, served, one answer via the router
 	hack/demo-cluster.sh
 
 HADOLINT_VERSION ?= 2.15.1

@@ -75,23 +75,26 @@ ensure_pause_image() {
   rm -rf "$tmp"
 }
 
-# build_image TAG DOCKERFILE: `buildah bud` of the repository root, layer cache on. The image
+# build_image TAG DOCKERFILE [CONTEXT]: `buildah bud` of CONTEXT (the repository root; DOCKERFILE
+# relative to it), layer cache on. The image
 # the tag named before is removed when the build moves the tag (its layers that the new image
-# shares stay); the cache's untagged step images are left alone: they are the layer cache.
+# shares stay). Every step image this build used or made (its "--> ID" lines) is appended to
+# $IMAGE_DIR/keep.new: that is the layer cache the next build needs; prune_images drops the rest.
 build_image() {
-  local tag=$1 dockerfile=$2 uv_cache uv_toml="$IMAGE_DIR/uv-system.toml" old new
+  local tag=$1 dockerfile=$2 context=${3:-$REPO_ROOT} uv_cache uv_toml="$IMAGE_DIR/uv-system.toml" old new log
+  log="$LOG_DIR/build-$(basename "${tag%%:*}").log"
   uv_cache=$(uv cache dir 2>/dev/null || echo "$HOME/.cache/uv")
   mkdir -p "$uv_cache"
   printf '# Mounted at /etc/uv/uv.toml in image builds: trust the host CA store.\nsystem-certs = true\n' >"$uv_toml"
   old=$(bah images --noheading --no-trunc --format '{{.ID}}' "$tag" 2>/dev/null || true)
-  info "image $tag from $dockerfile (log: $LOG_DIR/build-$(basename "${tag%%:*}").log)"
+  info "image $tag from $dockerfile (log: $log)"
   bah bud --isolation chroot --pull=never --layers \
     -v "$HOST_CA_BUNDLE:/etc/ssl/certs/ca-certificates.crt:ro" \
     -v "$uv_toml:/etc/uv/uv.toml:ro" -v "$uv_cache:/root/.cache/uv:O" \
-    -f "$REPO_ROOT/$dockerfile" -t "$tag" "$REPO_ROOT" \
-    >"$LOG_DIR/build-$(basename "${tag%%:*}").log" 2>&1 ||
-    { tail -n 30 "$LOG_DIR/build-$(basename "${tag%%:*}").log" >&2; bah rm --all >/dev/null 2>&1; die "buildah bud of $dockerfile failed"; }
+    -f "$context/$dockerfile" -t "$tag" "$context" >"$log" 2>&1 ||
+    { tail -n 30 "$log" >&2; bah rm --all >/dev/null 2>&1; die "buildah bud of $dockerfile failed"; }
   new=$(bah images --noheading --no-trunc --format '{{.ID}}' "$tag")
+  { sed -nE 's/^--> (Using cache )?([0-9a-f]{11,64})$/\2/p' "$log"; echo "${new#sha256:}"; } >>"$IMAGE_DIR/keep.new"
   if [[ -n $old && $old != "$new" ]]; then bah rmi "$old" >/dev/null 2>&1 || true; fi
 }
 
@@ -138,20 +141,52 @@ import_images() {
   done <"$IMAGE_DIR/digests"
 }
 
-# Keep the store under its cap. Superseded images went in build_image; untagged step images are
-# the layer cache (pruning "dangling" images, as `buildah rmi --prune` does, deletes the cache of
-# a multi-stage build), so above the cap the whole build store goes (the base tarball and the
-# OCI layouts stay; the next build starts again from the uv cache).
+# Keep the image cache under its cap (KUBETUNE_IMAGE_CACHE_GB, decimals allowed). Two rules:
+# 1. stale step images go at once: untagged images that no step of the latest builds used or made
+#    (the layers of a superseded uv.lock or of older sources; keep.new lists the used ones). The
+#    untagged step images the latest builds used are the layer cache and stay (pruning every
+#    "dangling" image, as `buildah rmi --prune` does, would delete the cache of a multi-stage build).
+# 2. above the cap after that, the whole build store goes (the base tarball, the OCI layouts and
+#    containerd's images stay; the next build starts again from the uv cache), and if the cache is
+#    still above the cap, make images fails and says what holds the space.
 prune_images() {
-  local size_gb
+  local id kept=0 dropped=0
   bah rm --all >/dev/null 2>&1 || true # working containers a failed build left
-  size_gb=$(($(du -sxk "$IMAGE_DIR" | cut -f1) / 1024 / 1024))
-  if ((size_gb > IMAGE_CACHE_GB)); then
-    info "image cache ${size_gb} GB > KUBETUNE_IMAGE_CACHE_GB=$IMAGE_CACHE_GB: dropping the build store"
+  if [[ -s $IMAGE_DIR/keep.new ]]; then
+    while read -r id; do
+      if grep -q "^${id:0:11}" "$IMAGE_DIR/keep.new"; then
+        kept=$((kept + 1))
+      elif bah rmi "$id" >/dev/null 2>&1; then
+        dropped=$((dropped + 1))
+      fi
+    done < <(bah images --all --noheading --no-trunc --filter dangling=true --format '{{.ID}}' | sed 's/^sha256://')
+    mv "$IMAGE_DIR/keep.new" "$IMAGE_DIR/keep"
+    info "layer cache: $dropped stale step images removed ($kept unreferenced ones kept: the latest builds used them)"
+  fi
+  if over_cap; then
+    info "image cache $(cache_gb) GB > KUBETUNE_IMAGE_CACHE_GB=$IMAGE_CACHE_GB: dropping the build store"
     bah rmi --all --force >/dev/null 2>&1 || true
     local layout
-    for layout in "$IMAGE_DIR"/oci/*/; do prune_layout "$layout"; done
+    for layout in "$IMAGE_DIR"/oci/*/; do [[ -d $layout ]] && prune_layout "$layout"; done
+    if over_cap; then
+      cache_sizes >&2
+      die "image cache $(cache_gb) GB is still above KUBETUNE_IMAGE_CACHE_GB=$IMAGE_CACHE_GB"
+    fi
   fi
+}
+
+# Size of the image cache in KB, in GB (one decimal), and whether it is above the cap.
+cache_kb() { du -sxk "$IMAGE_DIR" | cut -f1; }
+cache_gb() { awk -v k="$(cache_kb)" 'BEGIN { printf "%.1f", k / 1048576 }'; }
+over_cap() { awk -v k="$(cache_kb)" -v cap="$IMAGE_CACHE_GB" 'BEGIN { exit !(k > cap * 1048576) }'; }
+
+# cache_sizes: one line per store of the image cache, and the total.
+cache_sizes() {
+  local dir
+  for dir in base storage oci containerd; do
+    [[ -d $IMAGE_DIR/$dir ]] && du -sxh "$IMAGE_DIR/$dir" | awk -v d="$dir" '{ printf "  %-11s %s\n", d, $1 }'
+  done
+  echo "  total       $(cache_gb) GB (cap KUBETUNE_IMAGE_CACHE_GB=$IMAGE_CACHE_GB)"
 }
 
 # prune_layout DIR: keep only the newest manifest per ref (tag) in an OCI layout and delete
@@ -191,6 +226,7 @@ build_all_images() {
   fi
   mkdir -p "$IMAGE_DIR" "$LOG_DIR"
   bah rm --all >/dev/null 2>&1 || true # working containers (and their mounts) of a killed build
+  rm -f "$IMAGE_DIR/keep.new"
   ensure_base_image
   ensure_pause_image
   build_image "$(operator_image)" Dockerfile
@@ -201,4 +237,6 @@ build_all_images() {
   prune_images
   info "images built in $((SECONDS - start))s; digests in $IMAGE_DIR/digests:"
   awk '{ print "  " $1, $2 }' "$IMAGE_DIR/digests" >&2
+  info "image cache in $IMAGE_DIR:"
+  cache_sizes >&2
 }

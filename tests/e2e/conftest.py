@@ -11,7 +11,13 @@ Which cluster the tier talks to:
   ``KUBETUNE_KEEP_CLUSTER=1``. A cluster that was already up (``make cluster-up``) is used
   and left running. kubectl and helm are the pinned ones from ``hack/cluster.sh env``.
 
-Run with ``pytest -m e2e tests/e2e``. Fixtures: ``cluster`` (paths and a subprocess
+Before any test runs (``pytest_collection_finish``, outside pytest-timeout's per-test limit),
+``hack/cluster.sh build`` builds the control plane when e2e or real tests are selected, and
+``hack/cluster.sh images`` builds our images when real tests are (unless
+``KUBETUNE_REAL_NODES=0``); both are cached, and a build dies with its caller.
+
+Run with ``pytest -m e2e tests/e2e`` (kwok nodes) or ``pytest -m real tests/e2e/real`` (our
+images in real pods on the real node, see tests/e2e/real/conftest.py). Fixtures: ``cluster`` (paths and a subprocess
 environment), ``kubeconfig``, ``kubectl``, ``namespace`` and ``wait_until``. Only the standard
 library, pytest and PyYAML are used here.
 """
@@ -106,6 +112,20 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 60, what: str = "c
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {timeout}s waiting for {what}")
         time.sleep(0.25)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Build what the selected tests need now, not inside the first test's timeout: a cold
+    build on a loaded 2-core machine takes longer than pytest-timeout allows one test."""
+    if os.environ.get("KUBETUNE_KUBECONFIG") or session.config.option.collectonly:
+        return
+    marks = {mark.name for item in session.items for mark in item.iter_markers()}
+    steps = ["build"] if marks & {"e2e", "real"} else []
+    if "real" in marks and os.environ.get("KUBETUNE_REAL_NODES") != "0":
+        steps.append("images")
+    for step in steps:
+        if subprocess.run([str(CLUSTER_SH), step]).returncode != 0:
+            pytest.exit(f"hack/cluster.sh {step} failed; see its output", returncode=1)
 
 
 def _local_cluster() -> Cluster:

@@ -96,10 +96,27 @@ def test_images_and_tools_are_pinned(path: Path) -> None:
     assert "latest" not in path.read_text()
 
 
+def _commands(run: str) -> list[list[str]]:
+    """The commands of one RUN line: its `--mount=...` flags dropped, split at `&&`."""
+    words = shlex.split(run)
+    while words and words[0].startswith("--"):
+        words.pop(0)
+    commands: list[list[str]] = [[]]
+    for word in words:
+        if word == "&&":
+            commands.append([])
+        else:
+            commands[-1].append(word)
+    return commands
+
+
+def _stage_syncs(stage: Stage) -> list[list[str]]:
+    return [c for r in stage.all("RUN") for c in _commands(r) if c[:2] == ["uv", "sync"]]
+
+
 def _sync_lines(path: Path) -> list[list[str]]:
     _, stages = parse(path)
-    runs = [shlex.split(r) for s in stages for r in s.all("RUN")]
-    return [r for r in runs if r[:2] == ["uv", "sync"]]
+    return [c for s in stages for c in _stage_syncs(s)]
 
 
 def _extras(command: list[str]) -> set[str]:
@@ -125,6 +142,45 @@ def test_install_steps_are_make_setups(path: Path, extras: set[str]) -> None:
     assert (
         "torch" not in (REPO / "pyproject.toml").read_text().split("operator = [")[1].split("]")[0]
     )
+
+
+def _context_sources(stage: Stage) -> list[str]:
+    """What the stage's COPY lines take from the build context (not from another stage)."""
+    copies = [c.split() for c in stage.all("COPY") if not c.startswith("--from")]
+    return [source.rstrip("/") for words in copies for source in words[:-1]]
+
+
+@pytest.mark.parametrize("path", [OPERATOR, RUNTIME], ids=["operator", "runtime"])
+def test_a_source_change_never_reinstalls_or_recopies_the_dependencies(path: Path) -> None:
+    """The dependency venv is a layer whose only inputs are pyproject.toml and uv.lock.
+
+    A change of our sources or the README must leave every layer up to and including the
+    runtime stage's `COPY --from=build /app/.venv` cached (the runtime image's venv is ~6 GB:
+    re-copying it after a README edit once filled the disk of a CI run), and install the
+    project without a dependency step.
+    """
+    _, stages = parse(path)
+    build, final = stages[0], stages[-1]
+    assert _context_sources(build) == ["pyproject.toml", "uv.lock"], (
+        f"{path.name}: the dependency stage must COPY only pyproject.toml and uv.lock, "
+        f"got {_context_sources(build)}"
+    )
+    (deps,) = _stage_syncs(build)
+    assert "--no-install-project" in deps, f"{path.name}: {shlex.join(deps)}"
+    keywords = [(kw, arg) for kw, arg in final.instructions if kw in ("COPY", "RUN")]
+    venv_copy = keywords.index(("COPY", f"--from={build.name} /app/.venv /app/.venv"))
+    before = [arg for kw, arg in keywords[:venv_copy] if kw == "COPY"]
+    assert not before, f"{path.name}: context COPY before the venv copy: {before}"
+    (project,) = _stage_syncs(final)
+    assert "--no-install-project" not in project and "--no-editable" in project
+    project_run = next(arg for kw, arg in keywords if kw == "RUN" and "uv sync" in arg)
+    assert keywords.index(("RUN", project_run)) > venv_copy
+    assert "README.md" in _context_sources(final), "the wheel build reads README.md"
+    # uv comes in by a bind mount from the build stage, so it is not a layer of the image.
+    assert f"--mount=type=bind,from={build.name},source=/usr/local/bin/uv" in project_run
+    assert not any("uv" in arg for arg in final.all("COPY") if arg.startswith("--from"))
+    # Recompiling all of site-packages would rewrite every .pyc into the project's layer.
+    assert not any("UV_COMPILE_BYTECODE=1" in arg for arg in final.all("ENV"))
 
 
 def test_entrypoints_are_kubetune_subcommands() -> None:
@@ -222,13 +278,14 @@ def test_operator_image_install_steps_work_without_torch(tmp_path: Path) -> None
 
 
 def _copied_context(dockerfile: Path, dest: Path) -> Path:
-    """A build context holding only what the build stage's COPY lines take from the repo."""
+    """A build context holding only what the Dockerfile's COPY lines take from the repo."""
     _, stages = parse(dockerfile)
-    for arg in stages[0].all("COPY"):
-        *sources, _ = arg.split()
-        for source in sources:
-            src = REPO / source.rstrip("/")
-            target = dest / source.rstrip("/")
+    for stage in stages:
+        for source in _context_sources(stage):
+            src = REPO / source
+            target = dest / source
+            if target.exists():
+                continue
             if src.is_dir():
                 shutil.copytree(src, target, ignore=shutil.ignore_patterns("__pycache__"))
             else:

@@ -21,9 +21,9 @@ from typing import Any
 import httpx
 import pytest
 import torch
+from test_server_adapters import train_and_save  # the sibling module: same training
 
 from kubetune_server.process import KubetuneProcess
-from test_server_adapters import train_and_save  # the sibling module: same training
 
 pytestmark = pytest.mark.integration
 
@@ -88,7 +88,11 @@ def test_mixed_batches_answer_what_each_adapter_answers_alone(
         mixed = list(pool.map(lambda ask: complete(multi.url, *ask), asks))
     assert batch_sizes(multi.url) - before == len(asks)
     listed = httpx.get(f"{multi.url}/v1/models", headers=AUTH).json()["data"]
-    assert [(m["id"], m["parent"]) for m in listed] == [("base", None), ("a", "base"), ("b", "base")]
+    assert [(m["id"], m["parent"]) for m in listed] == [
+        ("base", None),
+        ("a", "base"),
+        ("b", "base"),
+    ]
     holders = {
         name: serve(tiny_model_dir, "--served-model-name", "base",
                     *(["--adapter", f"{name}={adapters[name]}"] if name else []))
@@ -109,9 +113,9 @@ def test_mixed_batches_answer_what_each_adapter_answers_alone(
     assert alone["a"] != alone["b"] != alone[None], "the adapters must change the answers"
 
 
-def admin(url: str, method: str, path: str = "", **body: str) -> httpx.Response:
+def admin(url: str, method: str, suffix: str = "", **body: str) -> httpx.Response:
     kwargs: dict[str, Any] = {"json": body} if body else {}
-    return httpx.request(method, f"{url}/v1/adapters{path}", headers=AUTH, timeout=120, **kwargs)
+    return httpx.request(method, f"{url}/v1/adapters{suffix}", headers=AUTH, timeout=120, **kwargs)
 
 
 def state_of(url: str, name: str) -> dict[str, Any]:

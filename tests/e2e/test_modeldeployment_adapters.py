@@ -19,7 +19,6 @@ from operator_helpers import finish_pod, operator, wait_phase, wait_pod_running 
 from test_modeldeployment import (
     EXAMPLES,
     Wait,
-    example,
     mdep,
     mdep_event_reasons,
     ns,  # noqa: F401  (fixture)
@@ -58,8 +57,8 @@ def faq_status(kubectl: Any, ns: str) -> Json:  # noqa: F811
 
 def test_named_adapters_change_without_a_rollout_and_promotion_is_gated(
     kubectl: Any,
-    ns: str,
-    wait_until: Wait,  # noqa: F811
+    ns: str,  # noqa: F811
+    wait_until: Wait,
 ) -> None:
     kubectl("apply", "-n", ns, "-f", str(EXAMPLES / "finetunejob-credit-card-faq.yaml"))
     kubectl("apply", "-n", ns, "-f", str(EXAMPLES / "modeldeployment-multi-lora.yaml"))
@@ -85,11 +84,9 @@ def test_named_adapters_change_without_a_rollout_and_promotion_is_gated(
     wait_until(lambda: "PromotionRefused" in mdep_event_reasons(kubectl, ns, "support"),
                timeout=60, what="PromotionRefused Event")  # fmt: skip
 
-    body = example("modeldeployment-multi-lora.yaml")
-    body["spec"]["models"][0]["adapters"].append(
-        {"name": "hr", "pvc": {"claimName": "kubetune-output", "path": "hr/adapter"}}
-    )
-    kubectl.apply(body, namespace=ns)
+    hr = {"name": "hr", "pvc": {"claimName": "kubetune-output", "path": "hr/adapter"}}
+    add = [{"op": "add", "path": "/spec/models/0/adapters/-", "value": hr}]
+    kubectl("patch", "modeldeployment", "support", "-n", ns, "--type=json", "-p", json.dumps(add))
     wait_until(lambda: "hr" in adapters_json(kubectl, ns), timeout=90, what="hr in the ConfigMap")
     assert len(replica_sets(kubectl, ns, "support-base")) == 1  # nothing rolled
     deployment = kubectl.json("get", "deployment", "support-base", "-n", ns)
@@ -98,8 +95,8 @@ def test_named_adapters_change_without_a_rollout_and_promotion_is_gated(
 
 def test_a_vllm_model_is_scheduled_on_gpu_nodes(
     kubectl: Any,
-    ns: str,
-    wait_until: Wait,  # noqa: F811
+    ns: str,  # noqa: F811
+    wait_until: Wait,
 ) -> None:
     kubectl("apply", "-n", ns, "-f", str(EXAMPLES / "finetunejob-credit-card-faq.yaml"))
     kubectl("apply", "-n", ns, "-f", str(EXAMPLES / "modeldeployment-vllm.yaml"))

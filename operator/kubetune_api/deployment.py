@@ -36,6 +36,54 @@ class AdapterRef(ApiModel):
         return self
 
 
+class Promotion(ApiModel):
+    """When a FineTuneJob's new adapter may replace the one being served."""
+
+    metric: Literal["evalLoss"] = Field(
+        default="evalLoss", description="The FineTuneJob status metric compared (lower is better)."
+    )
+    max_regression: float = Field(
+        default=0.0,
+        ge=0,
+        description="How much worse than the served adapter the new one may be (e.g. 0.02).",
+    )
+
+
+class NamedAdapter(AdapterRef):
+    """One of several LoRA adapters served unmerged on the same base, picked by request `model`."""
+
+    name: str = Field(
+        min_length=1,
+        max_length=63,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
+        description="The `model` clients send to get this adapter (listed by GET /v1/models).",
+    )
+    promotion: Promotion | None = Field(
+        default=None,
+        description="fineTuneJob only: roll a new run's adapter out only if its evaluation is no "
+        "worse than the served one's; otherwise keep serving the old one.",
+    )
+
+
+class VllmSpec(ApiModel):
+    """vLLM settings of a `runtime: vllm` model (GPU serving; flags for vLLM 0.11)."""
+
+    quantization: Literal["none", "fp8", "bitsandbytes", "awq", "gptq"] = Field(
+        default="none", description="vLLM --quantization (awq/gptq need a checkpoint made so)."
+    )
+    max_model_len: int | None = Field(
+        default=None, ge=16, description="vLLM --max-model-len (default: the model's)."
+    )
+    gpu_memory_utilization: float = Field(
+        default=0.9, gt=0, le=1, description="vLLM --gpu-memory-utilization."
+    )
+    max_loras: int = Field(
+        default=4, ge=1, le=64, description="vLLM --max-loras: adapters in one batch."
+    )
+    max_lora_rank: int = Field(default=64, ge=1, le=512, description="vLLM --max-lora-rank.")
+    image: str = Field(default="vllm/vllm-openai:v0.11.0", description="vLLM OpenAI-server image.")
+
+
 class ServedModel(ApiModel):
     """One model behind the router (e.g. `large` and `small`)."""
 
@@ -55,6 +103,18 @@ class ServedModel(ApiModel):
     adapter: AdapterRef | None = Field(
         default=None, description="Adapter to merge and serve (optional)."
     )
+    adapters: list[NamedAdapter] | None = Field(
+        default=None,
+        max_length=32,
+        description="LoRA adapters served unmerged on this base, each picked by its name in the "
+        "request's `model`; adding, removing or re-pointing one updates the running servers.",
+    )
+    runtime: Literal["kubetune", "vllm"] = Field(
+        default="kubetune",
+        description="kubetune: the INT8 FastAPI server (CPU or GPU); vllm: vLLM's OpenAI server "
+        "(GPUs: continuous batching, paged attention).",
+    )
+    vllm: VllmSpec | None = Field(default=None, description="vLLM settings (runtime: vllm).")
     quantization: Literal["int8", "none"] = Field(
         default="int8",
         description="int8: bitsandbytes 8-bit on GPUs, PyTorch dynamic int8 on CPUs; none: bf16/fp32.",
@@ -75,6 +135,22 @@ class ServedModel(ApiModel):
     image: str | None = Field(
         default=None, description="Runtime image (default: the operator's setting)."
     )
+
+    @model_validator(mode="after")
+    def _adapters_fit(self) -> ServedModel:
+        if self.adapter is not None and self.adapters:
+            raise ValueError("set adapter (one, merged) or adapters (several, by name), not both")
+        names = [a.name for a in self.adapters or []]
+        if len(set(names)) != len(names) or self.name in names:
+            raise ValueError(f"adapters[].name must be unique and differ from name, got {names}")
+        for a in self.adapters or []:
+            if a.promotion is not None and a.fine_tune_job is None:
+                raise ValueError(f"adapters[{a.name}].promotion needs fineTuneJob")
+        if self.runtime == "vllm" and self.gpus < 1:
+            raise ValueError(f"runtime vllm needs gpus >= 1, got {self.gpus}")
+        if self.vllm is not None and self.runtime != "vllm":
+            raise ValueError("vllm settings are for runtime: vllm")
+        return self
 
 
 class ComplexityRouting(ApiModel):
@@ -127,6 +203,18 @@ class ServerSpec(ApiModel):
     port: int = Field(
         default=8000, ge=1024, le=65535, description="Container port of servers and router."
     )
+    max_body_bytes: int = Field(
+        default=8 * 1024 * 1024,
+        ge=1024,
+        le=1024**3,
+        description="Request bodies past this are refused with 413 while being read.",
+    )
+    max_prompt_chars: int = Field(
+        default=500_000,
+        ge=1,
+        le=100_000_000,
+        description="Prompts longer than this (characters) are a 400, before tokenizing.",
+    )
 
 
 class ModelDeploymentSpec(ApiModel):
@@ -156,6 +244,26 @@ class ModelDeploymentSpec(ApiModel):
         return self
 
 
+class AdapterStatus(ApiModel):
+    """One named adapter of a served model, as the operator has configured it."""
+
+    name: str = Field(description="Adapter name (the request's `model`).")
+    state: Literal["Pending", "Configured", "Failed"] = Field(
+        description="Pending: waiting for its FineTuneJob; Configured: in the servers' adapter "
+        "list; Failed: cannot be served (see reason)."
+    )
+    path: str | None = Field(default=None, description="Adapter folder being served.")
+    eval_loss: float | None = Field(
+        default=None, description="evalLoss of the served adapter's FineTuneJob run."
+    )
+    revision: str | None = Field(
+        default=None, description="The served FineTuneJob run (its completionTime)."
+    )
+    reason: str | None = Field(
+        default=None, description="Why it waits, failed, or why a newer run was not promoted."
+    )
+
+
 class ServedModelStatus(ApiModel):
     """Observed state of one served model."""
 
@@ -163,6 +271,9 @@ class ServedModelStatus(ApiModel):
     replicas: int = Field(default=0, description="Desired server pods.")
     ready_replicas: int = Field(default=0, description="Server pods passing /readyz.")
     adapter: str | None = Field(default=None, description="Adapter being served (path), if any.")
+    adapters: list[AdapterStatus] | None = Field(
+        default=None, max_length=32, description="Per named adapter (spec.models[].adapters)."
+    )
 
 
 class ModelDeploymentStatus(ApiModel):

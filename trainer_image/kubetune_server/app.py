@@ -1,10 +1,12 @@
 """`create_app(settings, engine)`: the inference server's FastAPI application.
 
-Called by `cli.py` (engine None: the model loads in a background thread at startup, so
-`/healthz` answers at once and `/readyz` says 503 until the model is there) and by tests (a
-ready engine, or a fake one). Holds the health, readiness and metrics endpoints; the OpenAI
-routes live in `routes.py`. `auth.RequestGuard` checks the API key and the body limit before any
-route reads the body. A model that fails to load makes `/healthz` fail too, so the
+Called by `cli.py` (engine None: the model loads in a background thread at startup, so `/healthz`
+answers at once and `/readyz` says 503 until the model is there) and by tests (a ready engine, or a
+fake one). Holds the health, readiness and metrics endpoints; the OpenAI routes live in
+`routes.py`, the adapter admin routes in `admin_routes.py`. A multi-LoRA server loads its named
+adapters (flags, then `--adapter-config`) before it reports ready; one that fails is listed as
+Failed at `/v1/adapters`, and the others serve. `auth.RequestGuard` checks the API key and the body
+limit before any route reads the body. A model that fails to load makes `/healthz` fail too, so the
 kubelet restarts the pod.
 """
 
@@ -21,11 +23,15 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from kubetune_server.adapter_config import AdapterConfigWatcher
+from kubetune_server.adapter_registry import AdapterRegistry
+from kubetune_server.admin_routes import router as admin_router
 from kubetune_server.auth import RequestGuard
 from kubetune_server.batching import Batcher
 from kubetune_server.engine import Engine
 from kubetune_server.errors import install_error_handlers
 from kubetune_server.metrics import ServerMetrics
+from kubetune_server.multi_lora import LoraSet
 from kubetune_server.request_metrics import RequestMetricsMiddleware
 from kubetune_server.routes import router
 from kubetune_server.settings import ServerSettings
@@ -35,7 +41,7 @@ log = logging.getLogger(__name__)
 
 Loader = Callable[[ServerSettings], Engine]
 
-API_PATHS = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/models"})
+API_PATHS = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/models", "/v1/adapters"})
 
 
 def load_engine(settings: ServerSettings) -> Engine:
@@ -59,6 +65,8 @@ def create_app(
             yield
         finally:
             loading.cancel()
+            if state.watcher is not None:
+                state.watcher.cancel()
             if state.batcher is not None:
                 await state.batcher.stop()
 
@@ -69,6 +77,7 @@ def create_app(
     app.add_middleware(RequestGuard, api_key=settings.api_key, max_body_bytes=limit)
     app.add_middleware(RequestMetricsMiddleware, metrics=metrics, paths=API_PATHS)
     app.include_router(router)
+    app.include_router(admin_router)
     _add_health_routes(app)
     return app
 
@@ -90,8 +99,26 @@ async def _load(state: ServerState, engine: Engine | None, loader: Loader) -> No
         wait_ms=settings.batch_wait_ms,
     )
     batcher.start()
+    if settings.multi_lora:
+        await _start_adapters(state, ready, batcher)
     state.engine, state.batcher = ready, batcher
     log.info("ready: serving %s", settings.model_name)
+
+
+async def _start_adapters(state: ServerState, engine: Engine, batcher: Batcher) -> None:
+    """The registry, the adapters named by flags, then the config file (before readiness)."""
+    settings = state.settings
+    lora = engine.lora if engine.lora is not None else LoraSet(engine.loaded.model)
+    engine.lora = lora
+    registry = AdapterRegistry(lora, batcher.run_exclusive, settings.model_name)
+    batcher.peft_name = registry.peft_name
+    for name, folder in settings.adapters.items():
+        await registry.load(name, folder)
+    if settings.adapter_config is not None:
+        watcher = AdapterConfigWatcher(settings.adapter_config, registry, settings.adapter_poll_s)
+        await watcher.sync_once()
+        state.watcher = asyncio.create_task(watcher.watch())
+    state.adapters = registry
 
 
 def _add_health_routes(app: FastAPI) -> None:

@@ -3,9 +3,11 @@
 `app.py` starts one `Batcher` per app; routes `submit` a job and read its `Ticket` (text pieces,
 then a finish event). A collector task takes the first waiting request, keeps collecting for
 `wait_ms` or until `max_batch_size`, and hands the batch to a single worker thread, which runs
-`Engine.generate`. The waiting queue is bounded: `submit` raises `QueueFullError` (the route
-answers 429) instead of growing without limit. Requests that arrive during a generation wait
-for the next batch. A client that goes away cancels its ticket; its row stops at the next token.
+`Engine.generate`; adapter loads and unloads run on that thread too (`run_exclusive`), between
+batches, and each row's adapter is looked up when its batch starts. The waiting queue is bounded:
+`submit` raises `QueueFullError` (the route answers 429) instead of growing without limit. Requests
+that arrive during a generation wait for the next batch. A client that goes away cancels its
+ticket; its row stops at the next token.
 
 Failures stay with the request that caused them: each ticket's sampler is built on its own (bad
 parameters: that ticket alone gets a 400 error event and never joins the batch), a row whose
@@ -20,16 +22,21 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, TypeVar
 
 from kubetune_server.engine import Engine, Finish, FinishReason, GenerationJob
 from kubetune_server.metrics import ServerMetrics
+from kubetune_server.multi_lora import BASE
 from kubetune_server.sampling import RowSampler, SamplingError
 from kubetune_server.text_stream import TextStream
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+PeftName = Callable[[str | None], str | None]  # public adapter name -> peft name (None: gone)
 
 
 class QueueFullError(Exception):
@@ -59,6 +66,7 @@ class Ticket:
     cancelled: bool = False
     failed: bool = False
     sampler: RowSampler | None = None
+    route: str = BASE  # the peft adapter this row goes through, fixed when its batch starts
 
     @property
     def completion_tokens(self) -> int:
@@ -96,8 +104,10 @@ class Batcher:
         max_batch_size: int,
         max_queue: int,
         wait_ms: float,
+        peft_name: PeftName | None = None,
     ) -> None:
         self.engine = engine
+        self.peft_name = peft_name
         self.metrics = metrics
         self.max_batch_size = max_batch_size
         self.wait_s = wait_ms / 1000.0
@@ -116,6 +126,10 @@ class Batcher:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         self._executor.shutdown(wait=True, cancel_futures=True)
+
+    async def run_exclusive(self, fn: Callable[[], T]) -> T:
+        """Run `fn` on the generation thread between batches (adapter loads and unloads)."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
 
     def submit(self, job: GenerationJob) -> Ticket:
         """Queue `job`; raises `QueueFullError` when the queue is full."""
@@ -156,7 +170,7 @@ class Batcher:
 
     def _run(self, batch: list[Ticket]) -> None:
         """Generate `batch` (worker thread) and deliver every event."""
-        rows = [t for t in batch if _with_sampler(t)]
+        rows = [t for t in batch if _with_sampler(t) and self._with_route(t)]
         if not rows:
             return
         try:
@@ -192,6 +206,18 @@ class Batcher:
                 finishes.append("stop")
         return finishes
 
+    def _with_route(self, ticket: Ticket) -> bool:
+        """Fix the ticket's adapter for this batch; fail it alone if it was unloaded (False)."""
+        adapter = ticket.job.adapter
+        if adapter is None or self.peft_name is None:
+            return True
+        route = self.peft_name(adapter)
+        if route is None:
+            ticket.fail(f"adapter {adapter!r} was unloaded", 404, "model_not_found")
+            return False
+        ticket.route = route
+        return True
+
     def _generate_together(self, rows: list[Ticket]) -> list[Finish]:
         def emit(row: int, token: int) -> bool:
             ticket = rows[row]
@@ -207,7 +233,8 @@ class Batcher:
             return ticket.cancelled or ticket.stream.stopped
 
         samplers = [t.sampler for t in rows if t.sampler is not None]
-        return self.engine.generate([t.job for t in rows], emit, samplers)
+        routes = [t.route for t in rows]
+        return self.engine.generate([t.job for t in rows], emit, samplers, routes)
 
 
 def _with_sampler(ticket: Ticket) -> bool:

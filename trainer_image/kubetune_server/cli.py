@@ -1,6 +1,7 @@
 """`kubetune serve`: load a model (+ adapter), quantize it and serve the OpenAI-compatible API.
 
-    kubetune serve --model BASE [--adapter DIR | --fine-tune-job NAME] [--quantization int8|none]
+    kubetune serve --model BASE [--adapter DIR | --fine-tune-job NAME | --adapter NAME=DIR ...]
+                   [--adapter-config FILE] [--enable-adapter-admin] [--quantization int8|none]
                    [--host 0.0.0.0] [--port 8000] [--max-batch-size 8] [--max-new-tokens 512]
                    [--max-queue 64] [--max-body-bytes 8388608] [--max-prompt-chars 500000]
                    [--api-key-file F]   (or env KUBETUNE_API_KEY)
@@ -31,10 +32,26 @@ def build_parser(prog: str = "kubetune serve") -> argparse.ArgumentParser:
     """Flags of `kubetune serve`."""
     p = argparse.ArgumentParser(prog=prog, description="Serve a Qwen3 model over an OpenAI API.")
     p.add_argument("--model", default=env_default("MODEL"), help="base model path (or hub id)")
-    source = p.add_mutually_exclusive_group()
-    source.add_argument("--adapter", type=Path, default=env_default("ADAPTER"), help="adapter dir")
-    source.add_argument(
+    p.add_argument(
+        "--adapter",
+        action="append",
+        default=None,
+        help="DIR: merge this adapter (one); NAME=DIR (repeatable): serve LoRA adapters unmerged, "
+        "picked by the request's model",
+    )
+    p.add_argument(
         "--fine-tune-job", default=env_default("FINE_TUNE_JOB"), help="serve this job's adapter"
+    )
+    p.add_argument(
+        "--adapter-config",
+        type=Path,
+        default=env_default("ADAPTER_CONFIG"),
+        help="JSON file {name: dir}: the named adapters, reloaded when it changes",
+    )
+    p.add_argument(
+        "--enable-adapter-admin",
+        action="store_true",
+        help="POST/DELETE /v1/adapters (behind the API key) load and unload adapters",
     )
     p.add_argument("--served-model-name", default=env_default("SERVED_MODEL_NAME"))
     p.add_argument(
@@ -76,9 +93,13 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
     """Validated settings; raises ValueError naming the bad flag."""
     if not args.model:
         raise ValueError("--model is required (or set KUBETUNE_MODEL)")
+    merged, named = split_adapters(args.adapter or _env_adapter())
     return ServerSettings(
         model=args.model,
-        adapter=args.adapter,
+        adapter=merged,
+        adapters=named,
+        adapter_config=args.adapter_config,
+        enable_adapter_admin=args.enable_adapter_admin,
         fine_tune_job=args.fine_tune_job,
         served_model_name=args.served_model_name,
         quantization=args.quantization,
@@ -95,6 +116,31 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
         api_key=read_api_key(args.api_key_file),
         threads=args.threads,
     )
+
+
+def split_adapters(values: list[str]) -> tuple[Path | None, dict[str, str]]:
+    """`--adapter` values: (one folder to merge, or None; named adapters name -> folder)."""
+    named = [v for v in values if "=" in v]
+    if named and len(named) != len(values):
+        raise ValueError("--adapter: give either one DIR (merged) or NAME=DIR for every adapter")
+    if not named:
+        if len(values) > 1:
+            raise ValueError(f"--adapter DIR merges one adapter, got {len(values)}; use NAME=DIR")
+        return (Path(values[0]) if values else None), {}
+    out: dict[str, str] = {}
+    for value in named:
+        name, _, folder = value.partition("=")
+        if not name or not folder:
+            raise ValueError(f"--adapter NAME=DIR needs both, got {value!r}")
+        if name in out:
+            raise ValueError(f"--adapter name {name!r} is given twice")
+        out[name] = folder
+    return None, out
+
+
+def _env_adapter() -> list[str]:
+    value = env_default("ADAPTER")
+    return [value] if value else []
 
 
 def main(argv: Sequence[str] | None = None, prog: str = "kubetune serve") -> int:

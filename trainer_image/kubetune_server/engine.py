@@ -2,17 +2,20 @@
 
 `batching.py` calls `Engine.generate` from its worker thread with a batch of requests; routes call
 `chat_prompt_ids` / `text_prompt_ids` to tokenize before queueing. Prompts are left-padded to one
-length; the attention mask hides the padding and position ids count only real tokens, so each
-row computes what it would alone (exactly, in fp32 on CPU, up to float rounding in attention;
-the int8 matmuls are integer-exact per row). Every row has its own sampler (built by the caller,
-so a request with unusable parameters never joins a batch) and stops on its own: finished rows,
-and a row whose sampling fails (its finish is that `SamplingError`), leave the batch and the KV
-cache. Knows nothing about HTTP or text streaming: tokens go out through the `emit` callback.
+length; the attention mask hides the padding and position ids count only real tokens, so each row
+computes what it would alone (exactly, in fp32 on CPU, up to float rounding in attention; the int8
+matmuls are integer-exact per row). With named LoRA adapters (`loaded.lora`) each row goes through
+its own adapter in the same forward pass (peft's mixed batches). Every row has its own sampler
+(built by the caller, so a request with unusable parameters never joins a batch) and stops on its
+own: finished rows, and a row whose sampling fails (its finish is that `SamplingError`), leave the
+batch and the KV cache. Knows nothing about HTTP or text streaming: tokens go out through the
+`emit` callback.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -20,6 +23,7 @@ import torch
 from transformers import DynamicCache
 
 from kubetune_server.loading import LoadedModel
+from kubetune_server.multi_lora import BASE
 from kubetune_server.sampling import RowSampler, SamplingError, SamplingParams, pick_next
 
 FinishReason = Literal["stop", "length"]
@@ -33,6 +37,7 @@ class GenerationJob:
 
     prompt_ids: list[int]
     params: SamplingParams
+    adapter: str | None = None  # a named LoRA adapter (public name); None: the base
 
 
 class Engine:
@@ -48,6 +53,7 @@ class Engine:
         get_base = getattr(model, "get_base_model", None)
         self._net: Any = get_base() if callable(get_base) else model
         self._offset = loaded.prefix.num_virtual_tokens if loaded.prefix else 0
+        self.lora = loaded.lora
 
     def chat_prompt_ids(
         self, messages: list[dict[str, str]], template_kwargs: dict[str, Any] | None = None
@@ -73,11 +79,15 @@ class Engine:
         jobs: Sequence[GenerationJob],
         emit: Emit,
         samplers: Sequence[RowSampler] | None = None,
+        adapters: Sequence[str] | None = None,
     ) -> list[Finish]:
         """Generate every job together; tokens go to `emit`; returns how each job finished.
 
         `samplers` (one per job) default to fresh ones; building them may raise SamplingError.
+        `adapters` (one peft adapter name per job, BASE for none) route each row through its
+        LoRA adapter; they default to the base.
         """
+        routes = list(adapters) if adapters is not None else [BASE] * len(jobs)
         rows = list(samplers) if samplers is not None else [RowSampler(j.params) for j in jobs]
         finish: list[Finish] = ["length"] * len(jobs)
         produced = [0] * len(jobs)
@@ -85,7 +95,7 @@ class Engine:
         if not active:
             return finish
         ids, mask, positions, cache = self._prefill_inputs([jobs[i] for i in active])
-        logits = self._forward(ids, mask, positions, cache)
+        logits = self._forward(ids, mask, positions, cache, [routes[i] for i in active])
         while True:
             picks = pick_next(logits, [rows[i] for i in active])
             keep: list[int] = []
@@ -112,7 +122,7 @@ class Engine:
             ids = torch.tensor(tokens, device=mask.device).unsqueeze(1)
             mask = torch.cat([mask, mask.new_ones(len(active), 1)], dim=1)
             positions = positions[:, -1:] + 1
-            logits = self._forward(ids, mask, positions, cache)
+            logits = self._forward(ids, mask, positions, cache, [routes[i] for i in active])
 
     def _prefill_inputs(
         self, jobs: Sequence[GenerationJob]
@@ -137,14 +147,21 @@ class Engine:
         return ids, mask, positions, cache
 
     def _forward(
-        self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache: Any
+        self,
+        ids: torch.Tensor,
+        mask: torch.Tensor,
+        positions: torch.Tensor,
+        cache: Any,
+        routes: list[str],
     ) -> torch.Tensor:
-        out = self._net(
-            input_ids=ids,
-            attention_mask=mask,
-            position_ids=positions,
-            cache=cache,
-            use_cache=True,
-            logits_to_keep=1,
-        )
+        routing = self.lora.routing(routes) if self.lora is not None else nullcontext()
+        with routing:
+            out = self._net(
+                input_ids=ids,
+                attention_mask=mask,
+                position_ids=positions,
+                cache=cache,
+                use_cache=True,
+                logits_to_keep=1,
+            )
         return out.logits[:, -1, :].float()

@@ -4,6 +4,8 @@
 the base (fp32 on CPU, bf16 on CUDA), attach the adapter with `kubetune_trainer.methods`, merge
 it when the method allows (LoRA; QLoRA is dequantised first), otherwise keep it attached
 (bottleneck adapter, prefix-tuning), then quantize (int8) and report the size before and after.
+A server with named adapters (`settings.multi_lora`) merges nothing: it gets a `LoraSet` over
+the quantized base, and `adapter_registry` loads the adapters onto it once the server runs.
 The tokenizer and chat template come from the adapter folder when it has them (the trainer
 saves them there), else from the base model.
 """
@@ -20,6 +22,7 @@ from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
 from kubetune_server.adapter_source import resolve_fine_tune_job
+from kubetune_server.multi_lora import LoraSet
 from kubetune_server.quantize import model_size_bytes, quantize_model
 from kubetune_server.settings import ServerSettings
 
@@ -56,6 +59,7 @@ class LoadedModel:
     size_after: int
     prefix: Prefix | None = None
     notes: str = ""
+    lora: LoraSet | None = None  # named LoRA adapters load onto this (multi-LoRA serving)
 
 
 def pick_device(wanted: str) -> torch.device:
@@ -80,6 +84,7 @@ def load_model(settings: ServerSettings) -> LoadedModel:
         model = quantize_model(model, device)
     model = model.to(device).eval()
     after = model_size_bytes(model)
+    lora = LoraSet(model) if settings.multi_lora else None
     log.info(
         "model size: %s (%s) -> %s (%s), %.3fx",
         human_bytes(before),
@@ -102,6 +107,7 @@ def load_model(settings: ServerSettings) -> LoadedModel:
         size_after=after,
         prefix=prefix,
         notes=notes,
+        lora=lora,
     )
 
 

@@ -100,7 +100,7 @@ class Decision:
     """Where a request goes and why."""
 
     backend: str
-    reason: str  # "complexity", "model", "weighted", "single"
+    reason: str  # "complexity", "model", "weighted", "single" (the router adds "named-adapter")
     score: float | None = None
 
 

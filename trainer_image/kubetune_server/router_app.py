@@ -79,6 +79,9 @@ class _Router:
         """Parse and validate `raw` (400 otherwise), then pick its backend."""
         body = _parse(raw, schema)
         s = self.settings
+        adapter = body.get("model")
+        if isinstance(adapter, str) and adapter in s.adapter_backends:
+            return Decision(s.adapter_backends[adapter], "named-adapter")
         return decide(
             body,
             backends=self.names,
@@ -91,11 +94,14 @@ class _Router:
             draw=self.random.random(),
         )
 
-    def order(self, first: str) -> list[str]:
-        """`first`, then the other backends as configured (the fallback order)."""
-        return [first, *(n for n in self.names if n != first)]
+    def order(self, first: str, alone: bool = False) -> list[str]:
+        """`first`, then the other backends as configured (the fallback order); `alone`: no
+        fallback (a named adapter lives on one backend only)."""
+        return [first] if alone else [first, *(n for n in self.names if n != first)]
 
-    async def forward(self, request: Request, path: str, raw: bytes, first: str) -> Response:
+    async def forward(
+        self, request: Request, path: str, raw: bytes, first: str, alone: bool = False
+    ) -> Response:
         headers = {"content-type": "application/json"}
         if self.settings.backend_api_key:
             headers["authorization"] = f"Bearer {self.settings.backend_api_key}"
@@ -103,7 +109,7 @@ class _Router:
             headers["authorization"] = request.headers["authorization"]
         failed = self.metrics.failures
         return await self.upstream.forward(
-            self.order(first), path, raw, headers, lambda name: failed.labels(name).inc()
+            self.order(first, alone), path, raw, headers, lambda name: failed.labels(name).inc()
         )
 
 
@@ -137,7 +143,8 @@ def _add_routes(app: FastAPI, metrics: RouterMetrics) -> None:
             decision = await asyncio.to_thread(router.decide, raw, schema)
         metrics.decisions.labels(decision.backend, decision.reason).inc()
         metrics.overhead.observe(time.perf_counter() - start)
-        return await router.forward(request, path, raw, decision.backend)
+        alone = decision.reason == "named-adapter"
+        return await router.forward(request, path, raw, decision.backend, alone)
 
     # The two hot paths are plain Starlette routes: FastAPI's dependency and response-model
     # machinery would add about a tenth of a millisecond per request for nothing we use.
@@ -154,7 +161,10 @@ def _add_routes(app: FastAPI, metrics: RouterMetrics) -> None:
     async def models(request: Request) -> ModelList:
         router: _Router = request.app.state.router
         now = int(time.time())
-        return ModelList(data=[ModelCard(id=name, created=now) for name in router.names])
+        cards = [ModelCard(id=name, created=now) for name in router.names]
+        adapters = router.settings.adapter_backends
+        cards += [ModelCard(id=a, created=now, parent=adapters[a]) for a in sorted(adapters)]
+        return ModelList(data=cards)
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> JSONResponse:

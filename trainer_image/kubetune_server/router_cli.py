@@ -48,6 +48,17 @@ def parse_weights(values: Sequence[str]) -> dict[str, float] | None:
     return out
 
 
+def parse_adapter_backends(values: Sequence[str]) -> dict[str, str]:
+    """`adapter=backend` pairs: which backend holds each named adapter."""
+    out: dict[str, str] = {}
+    for value in values:
+        adapter, _, backend = value.partition("=")
+        if not adapter or not backend:
+            raise ValueError(f"--adapter must look like adapter=backend, got {value!r}")
+        out[adapter] = backend
+    return out
+
+
 def build_parser(prog: str) -> argparse.ArgumentParser:
     """Flags of `kubetune route`."""
     p = argparse.ArgumentParser(prog=prog, description="Route requests by complexity.")
@@ -58,6 +69,12 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     p.add_argument("--small", default="small", help="backend for simple requests")
     p.add_argument("--default", default=None, help="backend for the single strategy")
     p.add_argument("--weight", action="append", default=[], help="name=weight (weighted)")
+    p.add_argument(
+        "--adapter",
+        action="append",
+        default=[],
+        help="adapter=backend (repeat): requests naming this adapter go to that backend only",
+    )
     p.add_argument("--host", default=env_default("HOST", "0.0.0.0"))
     p.add_argument("--port", type=int, default=int(env_default("PORT", "8000") or 8000))
     p.add_argument("--api-key-file", type=Path, default=None, help="bearer token clients send")
@@ -99,6 +116,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "kubetune route") -> int
             small=args.small,
             default=args.default,
             weights=parse_weights(args.weight),
+            adapter_backends=parse_adapter_backends(args.adapter),
             host=args.host,
             port=args.port,
             api_key=read_api_key(args.api_key_file),
@@ -163,3 +181,6 @@ def _check_names(parser: argparse.ArgumentParser, settings: RouterSettings) -> N
             )
     if settings.default is not None and settings.default not in names:
         parser.error(f"--default {settings.default!r} is not a backend ({sorted(names)})")
+    for adapter, backend in settings.adapter_backends.items():
+        if backend not in names:
+            parser.error(f"--adapter {adapter}={backend}: {backend!r} is not a backend")

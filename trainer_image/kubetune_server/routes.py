@@ -1,5 +1,8 @@
 """The OpenAI-compatible endpoints: /v1/chat/completions, /v1/completions, /v1/models.
 
+With named LoRA adapters the request's `model` picks one (the base's name, or none, picks the
+base; an unknown name is a 404, an adapter still loading or failed a 503 saying so).
+
 Included by `app.py`, behind `auth.RequestGuard` (API key, body limit). Each completion route
 refuses a prompt over `max_prompt_chars` characters (400, before any tokenizing), turns the
 request into prompt ids in a worker thread (chat template, non-thinking unless
@@ -48,8 +51,14 @@ Chunk = Callable[[str | None, str | None], dict[str, Any]]  # (text, finish_reas
 
 @router.get("/v1/models")
 async def list_models(server: Ready) -> ModelList:
-    """The one model this server serves."""
-    return ModelList(data=[ModelCard(id=server.settings.model_name, created=server.created)])
+    """The base model, and the named adapters that can be served now (`parent`: the base)."""
+    base = server.settings.model_name
+    cards = [ModelCard(id=base, created=server.created)]
+    if server.adapters is not None:
+        for state in server.adapters.states():
+            if state.serving_path is not None:
+                cards.append(ModelCard(id=state.name, created=int(state.since), parent=base))
+    return ModelList(data=cards)
 
 
 @router.post("/v1/chat/completions", response_model=None)
@@ -58,6 +67,7 @@ async def chat_completions(
 ) -> ChatCompletion | StreamingResponse:
     """Chat completion, whole or streamed."""
     _check_prompt_chars(server, body)
+    adapter = _pick_adapter(server, body.model)
     messages = [{"role": _role(m.role), "content": m.text()} for m in body.messages]
     try:
         prompt = await asyncio.to_thread(
@@ -65,8 +75,12 @@ async def chat_completions(
         )
     except Exception as err:  # the template rejects some conversations (e.g. no user turn)
         raise ApiError(400, f"messages cannot be formatted with the chat template: {err}.") from err
-    ticket = _submit(server, prompt, body, body.requested_max_tokens())
-    rid, model, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", server.settings.model_name, _now()
+    ticket = _submit(server, prompt, body, body.requested_max_tokens(), adapter)
+    rid, model, created = (
+        f"chatcmpl-{uuid.uuid4().hex[:24]}",
+        adapter or server.settings.model_name,
+        _now(),
+    )
     if body.stream:
         head = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": model}
 
@@ -97,9 +111,14 @@ async def chat_completions(
 async def completions(body: CompletionRequest, server: Ready) -> Completion | StreamingResponse:
     """Text completion of a raw prompt, whole or streamed."""
     _check_prompt_chars(server, body)
+    adapter = _pick_adapter(server, body.model)
     prompt = await asyncio.to_thread(server.engine.text_prompt_ids, body.prompt_text())
-    ticket = _submit(server, prompt, body, body.requested_max_tokens())
-    rid, model, created = f"cmpl-{uuid.uuid4().hex[:24]}", server.settings.model_name, _now()
+    ticket = _submit(server, prompt, body, body.requested_max_tokens(), adapter)
+    rid, model, created = (
+        f"cmpl-{uuid.uuid4().hex[:24]}",
+        adapter or server.settings.model_name,
+        _now(),
+    )
     if body.stream:
         head = {"id": rid, "object": "text_completion", "created": created, "model": model}
 
@@ -144,8 +163,18 @@ def _check_prompt_chars(server: ReadyServer, body: SamplingFields) -> None:
         )
 
 
+def _pick_adapter(server: ReadyServer, model: str | None) -> str | None:
+    """The named adapter `model` asks for (None: the base). A server without named adapters
+    serves its one model whatever `model` says, as before multi-LoRA."""
+    return None if server.adapters is None else server.adapters.check(model)
+
+
 def _submit(
-    server: ReadyServer, prompt: list[int], body: SamplingFields, requested: int | None
+    server: ReadyServer,
+    prompt: list[int],
+    body: SamplingFields,
+    requested: int | None,
+    adapter: str | None = None,
 ) -> Ticket:
     """Check limits, build the job and queue it."""
     engine, settings = server.engine, server.settings
@@ -170,7 +199,7 @@ def _submit(
         ignore_eos=body.ignore_eos,
     )
     try:
-        ticket = server.batcher.submit(GenerationJob(prompt, params))
+        ticket = server.batcher.submit(GenerationJob(prompt, params, adapter))
     except QueueFullError:
         raise ApiError(
             429,

@@ -241,6 +241,7 @@ class ModelCard(BaseModel):
     object: Literal["model"] = "model"
     created: int
     owned_by: str = "kubetune"
+    parent: str | None = None  # for an adapter: the base model it runs on (as vLLM lists LoRA)
 
 
 class ModelList(BaseModel):

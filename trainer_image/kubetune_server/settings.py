@@ -9,15 +9,17 @@ Secret), so it does not show up in `ps`. Defaults match the ModelDeployment sche
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 Quantization = Literal["int8", "none"]
 Strategy = Literal["complexity", "weighted", "single"]
 
 API_KEY_ENV = "KUBETUNE_API_KEY"
+ADAPTER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 MAX_BODY_BYTES = 8 * 1024 * 1024  # a 128k-token prompt is about 0.5-1 MB of JSON
 MAX_PROMPT_CHARS = (
     500_000  # ~4x what fills Qwen3's 32k context with English text (~1 s to tokenize)
@@ -35,6 +37,16 @@ class ServerSettings(BaseModel):
         default=None, description="FineTuneJob whose adapter to serve"
     )
     served_model_name: str | None = Field(default=None, description="name in /v1/models")
+    adapters: dict[str, str] = Field(
+        default_factory=dict, description="named LoRA adapters: name -> folder (multi-LoRA)"
+    )
+    adapter_config: Path | None = Field(
+        default=None, description="JSON file {name: folder} of adapters, watched while serving"
+    )
+    enable_adapter_admin: bool = Field(
+        default=False, description="POST/DELETE /v1/adapters load and unload adapters at run time"
+    )
+    adapter_poll_s: float = Field(default=2.0, gt=0, description="adapter config file poll period")
     quantization: Quantization = "int8"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     host: str = "0.0.0.0"
@@ -54,6 +66,25 @@ class ServerSettings(BaseModel):
     )
     api_key: str | None = Field(default=None, repr=False)
     threads: int | None = Field(default=None, ge=1, description="torch CPU threads (None: torch's)")
+
+    @model_validator(mode="after")
+    def _one_adapter_mode(self) -> ServerSettings:
+        if self.adapter is not None and self.fine_tune_job:
+            raise ValueError("give --adapter DIR or --fine-tune-job, not both")
+        if self.multi_lora and (self.adapter is not None or self.fine_tune_job):
+            raise ValueError(
+                "--adapter NAME=DIR / --adapter-config serve unmerged LoRA adapters by name; "
+                "they cannot be combined with a merged --adapter DIR or --fine-tune-job"
+            )
+        for name in self.adapters:
+            if not ADAPTER_NAME.fullmatch(name):
+                raise ValueError(f"--adapter name must match {ADAPTER_NAME.pattern}, got {name!r}")
+        return self
+
+    @property
+    def multi_lora(self) -> bool:
+        """Whether named LoRA adapters are served (unmerged, on the INT8 base)."""
+        return bool(self.adapters) or self.adapter_config is not None or self.enable_adapter_admin
 
     @property
     def model_name(self) -> str:
@@ -78,6 +109,9 @@ class RouterSettings(BaseModel):
     small: str = "small"
     default: str | None = None
     weights: dict[str, float] | None = None
+    adapter_backends: dict[str, str] = Field(
+        default_factory=dict, description="adapter name -> the backend that serves it"
+    )
     host: str = "0.0.0.0"
     port: int = Field(default=8000, ge=0, le=65535)
     api_key: str | None = Field(default=None, repr=False)

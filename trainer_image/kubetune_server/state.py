@@ -6,11 +6,13 @@ model has loaded. `routes.py` asks for `Ready`, which answers 503 until then.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Request
 
+from kubetune_server.adapter_registry import AdapterRegistry
 from kubetune_server.batching import Batcher
 from kubetune_server.engine import Engine
 from kubetune_server.errors import ApiError
@@ -26,8 +28,10 @@ class ServerState:
     metrics: ServerMetrics
     engine: Engine | None = None
     batcher: Batcher | None = None
+    adapters: AdapterRegistry | None = None  # named LoRA adapters (multi-LoRA servers only)
     load_error: str | None = None
     created: int = 0
+    watcher: asyncio.Task[None] | None = None  # the adapter config file's watcher
 
     @property
     def ready(self) -> bool:
@@ -44,6 +48,7 @@ class ReadyServer:
     engine: Engine
     batcher: Batcher
     created: int
+    adapters: AdapterRegistry | None = None
 
 
 def server_state(request: Request) -> ServerState:
@@ -58,7 +63,7 @@ def ready_server(request: Request) -> ReadyServer:
     if s.engine is None or s.batcher is None:
         reason = s.load_error or "the model is still loading"
         raise ApiError(503, f"Not ready: {reason}.", type_="service_unavailable", code="not_ready")
-    return ReadyServer(s.settings, s.metrics, s.engine, s.batcher, s.created)
+    return ReadyServer(s.settings, s.metrics, s.engine, s.batcher, s.created, s.adapters)
 
 
 Ready = Annotated[ReadyServer, Depends(ready_server)]

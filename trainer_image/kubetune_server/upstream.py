@@ -101,13 +101,16 @@ class Upstream:
         )
 
     async def ready(self) -> list[str]:
-        """Names of the backends whose /readyz answers 200."""
+        """Names of the backends whose /readyz (vLLM: /health, when /readyz is a 404) is 200."""
 
         async def one(url: str) -> bool:
             try:
                 timeout = aiohttp.ClientTimeout(total=2.0)
-                async with self.session.get(f"{url}/readyz", timeout=timeout) as answer:
-                    return answer.status == 200
+                for path in ("/readyz", "/health"):
+                    async with self.session.get(f"{url}{path}", timeout=timeout) as answer:
+                        if answer.status != 404:
+                            return answer.status == 200
+                return False
             except FAILURES:
                 return False
 

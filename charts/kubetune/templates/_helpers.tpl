@@ -92,8 +92,9 @@ Roles (watchNamespaces). Derived from what operator/kubetune_operator does:
   rbac.py      the trainer's Role grants get/patch on finetunejobs/status: Kubernetes lets the
                operator create that Role only because it holds the same verbs itself
   serving/     ModelDeployments: kopf watches them (list/watch, progress annotations), GET and
-               PATCH modeldeployments/status; server-side apply of Deployments and Services,
-               list + delete of those no longer in the spec; watches Deployments
+               PATCH modeldeployments/status; server-side apply of Deployments, Services and
+               the adapter ConfigMaps, list + delete of those no longer in the spec; watches
+               Deployments
 */}}
 {{- define "kubetune.namespacedRules" -}}
 - apiGroups: [kubetune.io]
@@ -127,7 +128,7 @@ Roles (watchNamespaces). Derived from what operator/kubetune_operator does:
   resources: [deployments]
   verbs: [list, watch, create, patch, delete]
 - apiGroups: [""]
-  resources: [services]
+  resources: [services, configmaps]
   verbs: [list, delete]
 {{- end }}
 

@@ -5,12 +5,16 @@ Each model gets a Deployment running `kubetune serve` (readiness `/readyz`, live
 maxUnavailable 0 so a new adapter never takes capacity away) and a ClusterIP Service
 `<mdep>-<model>`. With more than one model, a router Deployment and Service `<mdep>-router`
 runs `kubetune route --backend <model>=http://<service>:<port> ...` and is the endpoint.
-The adapter path and its revision sit in the pod template's annotations, so a new adapter
-rolls the Deployment. Called by `plan`; builds the same objects for the same input.
+The adapter path and its revision sit in the pod template's annotations, so a new merged adapter
+rolls the Deployment. Named adapters (`adapters:`) instead live in a ConfigMap
+`<mdep>-<model>-adapters` that the servers watch (`--adapter-config`): changing them rolls
+nothing (only an adapter on a claim not mounted yet adds a volume, and so a rollout).
+`runtime: vllm` models are built by `vllm.py`. Called by `plan`; builds the same objects for the same input.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +27,9 @@ from kubetune_operator.settings import Settings
 Json = dict[str, Any]
 API_KEY_DIR = "/etc/kubetune/api-key"
 API_KEY_FILE = f"{API_KEY_DIR}/token"
+ADAPTERS_DIR = "/etc/kubetune/adapters"
+ADAPTERS_KEY = "adapters.json"
+ADAPTERS_FILE = f"{ADAPTERS_DIR}/{ADAPTERS_KEY}"
 SERVER_CONTAINER = "server"
 ROUTER_CONTAINER = "router"
 
@@ -60,17 +67,21 @@ class MdepOwner:
 
 
 def server_args(model: ServedModel, spec: ModelDeploymentSpec, files: Resolved) -> list[str]:
-    """`kubetune serve` arguments for one model."""
+    """`kubetune serve` arguments for one model (named adapters come from the watched file)."""
     server = spec.server
     args = ["serve", "--model", files.model, "--served-model-name", model.name]
     if files.adapter:
         args += ["--adapter", files.adapter]
+    if model.adapters is not None:
+        args += ["--adapter-config", ADAPTERS_FILE]
     args += [
         "--quantization", model.quantization,
         "--port", str(server.port),
         "--max-batch-size", str(server.max_batch_size),
         "--max-new-tokens", str(server.max_new_tokens),
         "--max-queue", str(server.max_queue),
+        "--max-body-bytes", str(server.max_body_bytes),
+        "--max-prompt-chars", str(server.max_prompt_chars),
     ]  # fmt: skip
     if server.api_key_secret_ref is not None:
         args += ["--api-key-file", API_KEY_FILE]
@@ -90,7 +101,9 @@ def router_args(mdep: str, spec: ModelDeploymentSpec) -> list[str]:
         args += ["--default", r.default]
     for name, weight in sorted((r.weights or {}).items()):
         args += ["--weight", f"{name}={weight}"]
-    args += ["--port", str(port)]
+    for m in spec.models:
+        args += [arg for a in m.adapters or [] for arg in ("--adapter", f"{a.name}={m.name}")]
+    args += ["--port", str(port), "--max-body-bytes", str(spec.server.max_body_bytes)]
     if spec.server.api_key_secret_ref is not None:
         args += ["--api-key-file", API_KEY_FILE]
     return args
@@ -199,11 +212,18 @@ def build_server_deployment(
     container = _container(SERVER_CONTAINER, image, server_args(model, spec, files), spec)
     container["resources"] = _resources(model)
     container["volumeMounts"] += files.mounts()
+    volumes = _volumes(spec) + files.volumes()
+    if model.adapters is not None:
+        container["volumeMounts"].append(
+            {"name": "adapters", "mountPath": ADAPTERS_DIR, "readOnly": True}
+        )
+        config_map = {"name": names.adapters_config_name(owner.name, model.name)}
+        volumes.append({"name": "adapters", "configMap": config_map})
     pod: Json = {
         "automountServiceAccountToken": False,
         "securityContext": _pod_security(settings),
         "containers": [container],
-        "volumes": _volumes(spec) + files.volumes(),
+        "volumes": volumes,
     }
     if model.node_selector:
         pod["nodeSelector"] = dict(model.node_selector)
@@ -233,6 +253,21 @@ def build_router_deployment(
         "volumes": _volumes(spec),
     }
     return _deployment(owner, names.ROUTER, 1, pod, {})
+
+
+def build_adapters_config_map(owner: MdepOwner, model: str, folders: dict[str, str]) -> Json:
+    """ConfigMap `<mdep>-<model>-adapters`: the named adapters every server of `model` follows.
+
+    The pod template names the ConfigMap, never its content, so changing an adapter changes
+    the mounted file (the server reloads it) and rolls nothing.
+    """
+    body = json.dumps(dict(sorted(folders.items())), indent=1, sort_keys=True)
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": owner.meta(names.adapters_config_name(owner.name, model), model),
+        "data": {ADAPTERS_KEY: body + "\n"},
+    }
 
 
 def build_service(owner: MdepOwner, model: str, port: int) -> Json:

@@ -36,10 +36,14 @@ def jobs_of(spec: Mapping[str, Any]) -> list[str]:
     """FineTuneJob names a (possibly invalid) spec refers to; tolerant of any shape."""
     found = []
     for model in spec.get("models") or []:
-        adapter = model.get("adapter") if isinstance(model, dict) else None
-        job = adapter.get("fineTuneJob") if isinstance(adapter, dict) else None
-        if isinstance(job, str) and job:
-            found.append(job)
+        if not isinstance(model, dict):
+            continue
+        named = model.get("adapters")
+        refs = [model.get("adapter"), *(named if isinstance(named, list) else [])]
+        for adapter in refs:
+            job = adapter.get("fineTuneJob") if isinstance(adapter, dict) else None
+            if isinstance(job, str) and job:
+                found.append(job)
     return sorted(set(found))
 
 

@@ -21,6 +21,7 @@ from kubetune_api.names import MODELDEPLOYMENT_PLURAL as PLURAL
 from kubetune_operator import names as ftj_names
 
 ROUTER = "router"
+ANNOTATION_RUNTIME = f"{ftj_names.GROUP}/runtime"  # vllm-<version> on a vLLM pod template
 NAME_LIMIT = 63
 
 
@@ -28,6 +29,11 @@ def child_name(mdep: str, model: str) -> str:
     """Deployment and Service of one model (`<mdep>-<model>`) or of the router."""
     name = ftj_names._bounded(mdep, f"-{model}", NAME_LIMIT)
     return name if name[0].isalpha() else f"m-{name}"[:NAME_LIMIT]
+
+
+def adapters_config_name(mdep: str, model: str) -> str:
+    """ConfigMap of one model's named adapters."""
+    return child_name(mdep, f"{model}-adapters")
 
 
 def router_name(mdep: str) -> str:

@@ -12,22 +12,28 @@ Deployments as the API server answers (`Plan.desired`) or, when it rejects an ob
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
 from pydantic import ValidationError
 
-from kubetune_api.deployment import ModelDeploymentSpec, ModelDeploymentStatus
+from kubetune_api.deployment import AdapterStatus, ModelDeploymentSpec, ModelDeploymentStatus
 from kubetune_api.errors import ConfigError
 from kubetune_operator.serving import builders, names
 from kubetune_operator.serving.adapters import Waiting, resolve
 from kubetune_operator.serving.builders import MdepOwner, endpoint
+from kubetune_operator.serving.named_adapters import resolve_named
 from kubetune_operator.serving.status import ModelState, derive_status, failed_status, parse_status
+from kubetune_operator.serving.vllm import build_vllm_deployment
 from kubetune_operator.settings import Settings
 
 Json = dict[str, Any]
-CHILD_KINDS = (("apps/v1", "deployments", "Deployment"), ("v1", "services", "Service"))
+CHILD_KINDS = (
+    ("apps/v1", "deployments", "Deployment"),
+    ("v1", "services", "Service"),
+    ("v1", "configmaps", "ConfigMap"),
+)
 QUANTITY = re.compile(r"[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+|[KMGTPE]i|[numkMGTPE])?")
 
 
@@ -74,13 +80,21 @@ def quantity_problems(spec: ModelDeploymentSpec) -> list[str]:
 def referenced_jobs(spec: ModelDeploymentSpec) -> list[str]:
     """FineTuneJob names the spec serves adapters of (sorted, unique)."""
     jobs = {m.adapter.fine_tune_job for m in spec.models if m.adapter is not None}
+    jobs |= {a.fine_tune_job for m in spec.models for a in m.adapters or []}
     return sorted(j for j in jobs if j is not None)
 
 
 def build_children(
-    owner: MdepOwner, spec: ModelDeploymentSpec, jobs: dict[str, Json | None], settings: Settings
+    owner: MdepOwner,
+    spec: ModelDeploymentSpec,
+    jobs: dict[str, Json | None],
+    settings: Settings,
+    served: ModelDeploymentStatus | None = None,
 ) -> Children:
-    """Services for every model, Deployments for models that can be served, the router."""
+    """Services for every model, Deployments for models that can be served, the router.
+
+    `served` is the current status: what each named adapter serves now (for promotion).
+    """
     out = Children()
     port = spec.server.port
     for model in spec.models:
@@ -89,14 +103,32 @@ def build_children(
         if isinstance(files, Waiting):
             out.models.append(ModelState(model.name, model.replicas, None, waiting=files))
             continue
-        deployment = builders.build_server_deployment(owner, spec, model, files, settings)
+        named = resolve_named(model, jobs, served_adapters(served, model.name))
+        files = replace(files, claims=tuple(dict.fromkeys([*files.claims, *named.claims])))
+        if model.runtime == "vllm":
+            deployment = build_vllm_deployment(owner, spec, model, files, named.folders, settings)
+        else:
+            deployment = builders.build_server_deployment(owner, spec, model, files, settings)
+        if model.adapters is not None and model.runtime != "vllm":
+            out.apply.append(builders.build_adapters_config_map(owner, model.name, named.folders))
         out.apply.append(deployment)
-        out.models.append(ModelState(model.name, model.replicas, files.adapter_ref))
+        adapters = named.statuses if model.adapters is not None else None
+        out.models.append(
+            ModelState(model.name, model.replicas, files.adapter_ref, adapters=adapters)
+        )
     if len(spec.models) > 1:
         out.apply.append(builders.build_router_deployment(owner, spec, settings))
         out.apply.append(builders.build_service(owner, names.ROUTER, port))
         out.router = names.router_name(owner.name)
     return out
+
+
+def served_adapters(status: ModelDeploymentStatus | None, model: str) -> dict[str, AdapterStatus]:
+    """name -> status of the named adapters `model` serves now, per the stored status."""
+    for m in (status.models if status is not None else None) or []:
+        if m.name == model:
+            return {a.name: a for a in m.adapters or []}
+    return {}
 
 
 def carry_over(models: list[ModelState], existing: dict[str, Json], mdep: str) -> list[ModelState]:
@@ -175,7 +207,7 @@ def plan_deployment(seen: Seen, settings: Settings, now: datetime) -> Plan:
     if isinstance(spec, ConfigError):
         plan.status = failed_status(plan.current, spec.problems, plan.generation, now)
         return plan
-    children = build_children(MdepOwner.of(body), spec, seen.jobs, settings)
+    children = build_children(MdepOwner.of(body), spec, seen.jobs, settings, plan.current)
     plan.apply, plan.models, plan.router = children.apply, children.models, children.router
     plan.mdep, plan.endpoint = meta["name"], endpoint(meta["namespace"], meta["name"], spec)
     wanted = wanted_children(children, spec, meta["name"])
@@ -195,4 +227,6 @@ def _with_deployment(model: ModelState, applied: dict[str, Json], mdep: str) -> 
     if model.waiting is not None:
         return model
     deployment = applied.get(names.child_name(mdep, model.name))
-    return ModelState(model.name, model.replicas, model.adapter, deployment=deployment)
+    return ModelState(
+        model.name, model.replicas, model.adapter, deployment=deployment, adapters=model.adapters
+    )

@@ -29,7 +29,7 @@ from kubetune_operator.serving.plan import (
     plan_deployment,
     referenced_jobs,
 )
-from kubetune_operator.serving.status import status_patch, transition_event
+from kubetune_operator.serving.status import adapter_events, status_patch, transition_event
 from kubetune_operator.settings import Settings
 
 Key = tuple[str, str]
@@ -63,8 +63,11 @@ class ModelDeployments:
         if not patch:
             return Outcome(seen.body)
         answer = self.kube.patch_modeldeployment_status(*key, patch)
-        event = transition_event(plan.current, desired) if answer is not None else None
-        return Outcome(answer, [event] if event is not None else [])
+        if answer is None:
+            return Outcome(answer, [])
+        event = transition_event(plan.current, desired)
+        events = ([event] if event is not None else []) + adapter_events(plan.current, desired)
+        return Outcome(answer, events)
 
     def read(self, key: Key) -> Seen | None:
         """The ModelDeployment and, for a valid spec, its FineTuneJobs and children; None when

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
-from kubetune_api.deployment import ModelDeploymentStatus, ServedModelStatus
+from kubetune_api.deployment import AdapterStatus, ModelDeploymentStatus, ServedModelStatus
 from kubetune_api.status import Condition
 from kubetune_operator.serving.adapters import Waiting
 from kubetune_operator.status import Event, set_condition, shorten
@@ -34,6 +34,7 @@ class ModelState:
     adapter: str | None
     deployment: Json | None = None
     waiting: Waiting | None = None
+    adapters: list[AdapterStatus] | None = None  # named adapters (spec.models[].adapters)
 
 
 def rollout(deployment: Json | None, replicas: int) -> str:
@@ -73,6 +74,14 @@ def _phase(models: list[ModelState], router: Json | None, routed: bool) -> tuple
     stalled = sorted(n for n, s in states.items() if s == "stalled")
     if stalled:
         return "Degraded", "Degraded", f"not all pods ready: {', '.join(stalled)}"
+    failed = [(m.name, a) for m in models for a in m.adapters or [] if a.state == "Failed"]
+    if failed:
+        model, adapter = failed[0]
+        return (
+            "Degraded",
+            "AdapterFailed",
+            f"model {model} adapter {adapter.name}: {adapter.reason}",
+        )
     rolling = sorted(n for n, s in states.items() if s == "rolling")
     if rolling:
         return "Progressing", "Progressing", f"rolling out: {', '.join(rolling)}"
@@ -102,6 +111,7 @@ def derive_status(
                 replicas=m.replicas,
                 ready_replicas=ready_replicas(m.deployment),
                 adapter=m.adapter,
+                adapters=m.adapters,
             )
             for m in models
         ],
@@ -158,3 +168,27 @@ def transition_event(old: ModelDeploymentStatus, new: ModelDeploymentStatus) -> 
     ready = next((c for c in new.conditions or [] if c.type == "Ready"), None)
     reason = ready.reason if ready is not None and ready.reason else new.phase
     return Event(kind, reason, new.message or new.phase)
+
+
+def adapter_events(old: ModelDeploymentStatus, new: ModelDeploymentStatus) -> list[Event]:
+    """Events for named adapters: promoted (a new run served), kept (promotion refused), failed."""
+    before = {(m.name, a.name): a for m in old.models or [] for a in m.adapters or []}
+    events = []
+    for m in new.models or []:
+        for a in m.adapters or []:
+            was = before.get((m.name, a.name))
+            where = f"model {m.name} adapter {a.name}"
+            if a.state == "Failed" and (was is None or was.state != "Failed"):
+                events.append(Event("Warning", "AdapterFailed", f"{where}: {a.reason}"))
+            elif was is not None and was.path and a.revision != was.revision:
+                loss = f" (evalLoss {a.eval_loss:.4g})" if a.eval_loss is not None else ""
+                events.append(
+                    Event("Normal", "AdapterPromoted", f"{where}: run {a.revision}{loss}")
+                )
+            elif (
+                a.reason
+                and a.reason.startswith("not promoted")
+                and (was is None or was.reason != a.reason)
+            ):
+                events.append(Event("Warning", "PromotionRefused", f"{where}: {a.reason}"))
+    return events

@@ -102,7 +102,9 @@ class FakeKube(Kube):
         self, api_version: str, plural: str, namespace: str, selector: str
     ) -> list[Json]:
         label, _, value = selector.partition("=")
-        kind = {"deployments": "Deployment", "services": "Service"}[plural]
+        kind = {"deployments": "Deployment", "services": "Service", "configmaps": "ConfigMap"}[
+            plural
+        ]
         return [
             copy.deepcopy(o)
             for (k, ns, _), o in self.objects.items()
@@ -111,7 +113,9 @@ class FakeKube(Kube):
 
     def delete_object(self, api_version: str, plural: str, namespace: str, name: str) -> None:
         self._record("delete", name)
-        kind = {"deployments": "Deployment", "services": "Service"}[plural]
+        kind = {"deployments": "Deployment", "services": "Service", "configmaps": "ConfigMap"}[
+            plural
+        ]
         self.objects.pop((kind, namespace, name), None)
 
     def delete_job(self, namespace: str, name: str) -> None:

@@ -63,7 +63,11 @@ class FakeEngine:
         return max(0, min(requested, self.context_length - prompt_len))
 
     def generate(
-        self, jobs: list[GenerationJob], emit: Callable[[int, int], bool], samplers: Any = None
+        self,
+        jobs: list[GenerationJob],
+        emit: Callable[[int, int], bool],
+        samplers: Any = None,
+        adapters: Any = None,
     ) -> list[str]:
         self.gate.wait(30)
         if self.fail:

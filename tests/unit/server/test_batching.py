@@ -34,7 +34,11 @@ class SamplingEngine:
         self.calls: list[int] = []
 
     def generate(
-        self, jobs: Sequence[GenerationJob], emit: Callable[[int, int], bool], samplers: Any
+        self,
+        jobs: Sequence[GenerationJob],
+        emit: Callable[[int, int], bool],
+        samplers: Any,
+        adapters: Any = None,
     ) -> list[Finish]:
         self.calls.append(len(jobs))
         if self.fail(jobs):

@@ -36,8 +36,27 @@ def test_serve_defaults_and_env(monkeypatch: pytest.MonkeyPatch) -> None:
         512,
     )
     assert settings.api_key == "from-secret" and settings.model_name == "qwen3-8b"
-    with pytest.raises(SystemExit):
-        build_parser().parse_args(["--model", "m", "--adapter", "a", "--fine-tune-job", "j"])
+    with pytest.raises(ValueError, match="not both"):
+        args = ["--model", "m", "--adapter", "a", "--fine-tune-job", "j"]
+        settings_from_args(build_parser().parse_args(args))
+
+
+def test_named_adapters_are_parsed_and_checked() -> None:
+    argv = ["--model", "m", "--adapter", "faq=/a/faq", "--adapter", "legal=/a/legal"]
+    settings = settings_from_args(build_parser().parse_args(argv))
+    assert settings.adapters == {"faq": "/a/faq", "legal": "/a/legal"} and settings.multi_lora
+    assert settings.adapter is None
+    bad = {
+        "either one DIR": ["--adapter", "faq=/a", "--adapter", "/b"],
+        "merges one adapter": ["--adapter", "/a", "--adapter", "/b"],
+        "given twice": ["--adapter", "x=/a", "--adapter", "x=/b"],
+        "needs both": ["--adapter", "=/a"],
+        "must match": ["--adapter", "bad/name=/a"],
+        "cannot be combined": ["--adapter", "x=/a", "--fine-tune-job", "j"],
+    }
+    for message, extra in bad.items():
+        with pytest.raises(ValueError, match=message):
+            settings_from_args(build_parser().parse_args(["--model", "m", *extra]))
 
 
 def test_empty_key_file_is_an_error(tmp_path: Path) -> None:

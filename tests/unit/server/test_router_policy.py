@@ -174,3 +174,24 @@ def test_a_64k_character_prompt_scores_in_linear_time(text: str) -> None:
     # ~10-30 ms on an idle core (bench/serve_abuse.py prints it); the bound leaves room for a
     # loaded machine and still fails the quadratic regex by two orders of magnitude.
     assert time.perf_counter() - start < 1.0
+
+
+def test_a_named_adapter_goes_to_its_backend_only_whatever_the_score() -> None:
+    import json
+
+    from kubetune_server.metrics import RouterMetrics
+    from kubetune_server.router_app import _Router
+    from kubetune_server.schemas import ChatCompletionRequest
+    from kubetune_server.settings import RouterSettings
+
+    settings = RouterSettings(
+        backends={"large": "http://l", "small": "http://s"}, adapter_backends={"faq": "small"}
+    )
+    router = _Router(settings, RouterMetrics(), None)  # type: ignore[arg-type]  # no forwarding
+    hard = chat("def f(x):\n    return x\n" * 200, model="faq")
+    decision = router.decide(json.dumps(hard).encode(), ChatCompletionRequest)
+    assert (decision.backend, decision.reason) == ("small", "named-adapter")
+    assert router.order("small", alone=True) == ["small"]
+    assert router.order("small") == ["small", "large"]
+    plain = router.decide(json.dumps({**hard, "model": "other"}).encode(), ChatCompletionRequest)
+    assert plain.reason == "complexity"

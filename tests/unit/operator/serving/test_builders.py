@@ -186,7 +186,7 @@ def test_finetunejob_adapter_is_mounted_read_only_and_annotated() -> None:
     deployment = objects(raw, {"credit-card-faq": succeeded()})[("Deployment", "chat-faq")]
     c = container(deployment)
     args = serve_parser().parse_args(c["args"][1:])
-    assert str(args.adapter) == "/mnt/pvc/kubetune-output/credit-card-faq/adapter"
+    assert args.adapter == ["/mnt/pvc/kubetune-output/credit-card-faq/adapter"]
     assert {"name": "pvc-1", "mountPath": "/mnt/pvc/kubetune-output", "readOnly": True} in c[
         "volumeMounts"
     ]

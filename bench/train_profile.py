@@ -35,13 +35,13 @@ def main() -> None:
 
     import torch
     from torch.profiler import ProfilerActivity, profile
-    from train_throughput import make_dataset
 
     from kubetune_api.trainer_config import parse_trainer_config
     from kubetune_trainer.distributed import init_runtime
     from kubetune_trainer.prepare import prepare_data
     from kubetune_trainer.tiny_model import build_tiny_model
     from kubetune_trainer.train import Loop, RunOptions, build_model, resolve_defaults
+    from train_throughput import make_dataset
 
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
@@ -79,7 +79,9 @@ def main() -> None:
         for k in range(2, 2 + args.steps):
             one(k)
         ms = (time.perf_counter() - started) * 1000 / args.steps
-        print(f"{ms:.1f} ms per optimizer step (mean of {args.steps}, threads {torch.get_num_threads()})")
+        print(
+            f"{ms:.1f} ms per optimizer step (mean of {args.steps}, threads {torch.get_num_threads()})"
+        )
         with profile(activities=[ProfilerActivity.CPU]) as prof:
             for k in range(2 + args.steps, 2 + 2 * args.steps):
                 one(k)

@@ -286,7 +286,10 @@ def checkpointing_needed(
 
 def _notes(cfg: TrainerConfig, checkpointing: bool) -> list[str]:
     notes = []
-    if cfg.training.gradient_checkpointing is True and not traits_of(cfg.method).gradient_checkpointing:
+    if (
+        cfg.training.gradient_checkpointing is True
+        and not traits_of(cfg.method).gradient_checkpointing
+    ):
         notes.append(f"{cfg.method.type} turns gradient checkpointing off; estimated without it")
     if not checkpointing:
         notes.append("without gradient checkpointing every layer keeps its activations")

@@ -87,7 +87,8 @@ def _print_report(cfg: TrainerConfig, shape: ModelShape, est: MemoryEstimate, gp
         f"{shape.hidden_size}, vocab {shape.vocab_size}); method {cfg.method.type} "
         f"(trains {est.trainable_params:,}); precision {_auto(t.precision, 'bf16/fp16')}; "
         f"{est.tokens_per_micro_batch} tokens per micro-batch; checkpointing "
-        f"{_auto(t.gradient_checkpointing, 'on' if est.checkpointing else 'off')}; ZeRO-{t.zero_stage} on {est.world_size} GPU(s)"
+        f"{_auto(t.gradient_checkpointing, 'on' if est.checkpointing else 'off')}; "
+        f"ZeRO-{t.zero_stage} on {est.world_size} GPU(s)"
     )
     print(est.table(gpu))
     for note in est.notes:

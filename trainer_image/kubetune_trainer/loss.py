@@ -59,10 +59,9 @@ def _chunk_stats(
 ) -> torch.Tensor:
     logits = F.linear(hidden, weight).float()
     loss = F.cross_entropy(logits, labels, reduction="sum")
-    if count_correct:
-        correct = (logits.argmax(dim=-1) == labels).sum().to(loss.dtype)
-    else:  # the training loop reads only the loss: no argmax pass over the logits
-        correct = loss.new_zeros(())
+    # The training loop reads only the loss: no argmax pass over the logits there.
+    hits = (logits.argmax(dim=-1) == labels).sum() if count_correct else loss.new_zeros(())
+    correct = hits.to(loss.dtype)
     if candidates is not None and ul_weight > 0:
         loss = loss + ul_weight * _unlikelihood(logits, candidates)
     return torch.stack([loss, correct.detach()])

@@ -15,6 +15,7 @@ Called by the CLI (`kubetune train`, `swift-finetune`, the trainer image's entry
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from collections.abc import Callable
@@ -434,7 +435,7 @@ def _epochs(loop: Loop, model: nn.Module, total: int, reporter: Reporter) -> Non
             started = time.perf_counter()
             batches = loop.order.step_batches(steps[k])
             loss = loop._maybe_fault(st.global_step, loop.step(model, batches))
-            if not torch.isfinite(torch.tensor(loss)):
+            if not math.isfinite(loss):
                 raise NonFiniteLoss(
                     f"loss became {loss} at step {st.global_step + 1}", step=st.global_step + 1
                 )

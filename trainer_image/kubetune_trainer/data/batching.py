@@ -175,7 +175,9 @@ def _collate_padded(examples: Sequence[Example], pad_token_id: int) -> Batch:
     width = max(len(e.input_ids) for e in examples)
     pads = [width - len(e.input_ids) for e in examples]
     # One tensor per field, built from padded Python lists (no per-row tensors and copies).
-    input_ids = [list(e.input_ids) + [pad_token_id] * p for e, p in zip(examples, pads, strict=True)]
+    input_ids = [
+        list(e.input_ids) + [pad_token_id] * p for e, p in zip(examples, pads, strict=True)
+    ]
     labels = [list(e.labels) + [IGNORE_INDEX] * p for e, p in zip(examples, pads, strict=True)]
     mask = [[1] * (width - p) + [0] * p for p in pads]
     return _batch(

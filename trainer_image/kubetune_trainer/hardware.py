@@ -18,7 +18,7 @@ Knows nothing about the training loop.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -99,7 +99,7 @@ def resolve_defaults(
         resolved["precision"] = {"value": precision, "why": why}
     if t.gradient_checkpointing == "auto":
         limit, source = memory_limit(device)
-        kind = "cuda" if device.type == "cuda" else "cpu"
+        kind: Literal["cuda", "cpu"] = "cuda" if device.type == "cuda" else "cpu"
         shaped = cfg.with_values(values) if values else cfg
         shape = ModelShape.from_config(model_config)
         on = checkpointing_needed(shaped, shape, limit, seq_len=seq_len, device=kind)

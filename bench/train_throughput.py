@@ -194,7 +194,8 @@ def run_baseline(args: argparse.Namespace, *, group_by_length: bool) -> dict[str
         dataloader_num_workers=0,
         disable_tqdm=True,
         seed=42,
-        group_by_length=group_by_length,
+        # transformers 5: `train_sampling_strategy` replaces 4.x's `group_by_length=True`
+        train_sampling_strategy="group_by_length" if group_by_length else "random",
     )
     trainer = Trainer(
         model=model,
@@ -382,13 +383,17 @@ def report(runs: dict[str, list[dict[str, Any]]], args: argparse.Namespace, rows
         }
         for name, rs in runs.items()
     }
-    padded = med[CONTESTANTS[0][0]]
+    if not med:
+        print("no contestant finished")
+        return
+    padded = med.get(CONTESTANTS[0][0]) or next(iter(med.values()))
     grouped = med.get(CONTESTANTS[1][0])
     swift = med.get(CONTESTANTS[2][0])
+    trainer_tokens = (grouped or padded)["real_tokens"]
     for m in med.values():  # ms-swift trains the same rows: the Trainer's real tokens
         if m["real_tokens"] is None:
-            m["real_tokens"] = padded["real_tokens"]
-        m["tok_s"] = m["real_tokens"] / m["seconds"]
+            m["real_tokens"] = trainer_tokens
+        m["tok_s"] = (m["real_tokens"] or 0) / m["seconds"]
     print(
         f"\nvocab={args.vocab} rows={rows} micro={args.micro} repeats={args.repeats} (CPU, LoRA r={LORA_RANK}; "
         "medians of interleaved rounds)"
@@ -401,7 +406,8 @@ def report(runs: dict[str, list[dict[str, Any]]], args: argparse.Namespace, rows
         vs_s = f"{swift['seconds'] / m['seconds']:.2f}x" if swift else "-"
         pad = "-" if m["padding_fraction"] is None else f"{m['padding_fraction']:.1%}"
         print(
-            f"{name:<36}{m['seconds']:>9.1f}{m['tok_s']:>12.0f}{m['tok_s'] / padded['tok_s']:>9.2f}x"
+            f"{name:<36}{m['seconds']:>9.1f}{m['tok_s']:>12.0f}"
+            f"{m['tok_s'] / max(padded['tok_s'], 1e-9):>9.2f}x"
             f"{vs_g:>16}{vs_s:>16}{pad:>9}{m['peak_rss_mb']:>12.0f}"
         )
     for name, rs in runs.items():

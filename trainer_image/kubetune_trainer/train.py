@@ -105,7 +105,8 @@ def build_model(cfg: TrainerConfig, rt: Runtime) -> tuple[nn.Module, Any]:
         device=rt.device,
         attn_implementation=attention,
     )
-    model, info = apply_method(base, cfg.method, gradient_checkpointing=t.gradient_checkpointing)
+    checkpointing = t.gradient_checkpointing is True  # resolved above: never "auto" here
+    model, info = apply_method(base, cfg.method, gradient_checkpointing=checkpointing)
     model.train()
     param_dtype = None if t.precision == "fp32" else DTYPES[t.precision]
     return shard_model(model, rt, t.zero_stage, param_dtype), info

@@ -237,11 +237,16 @@ class TrainingSpec(ApiModel):
     max_grad_norm: float = Field(
         default=1.0, ge=0, description="Gradient clipping norm (0 disables)."
     )
-    precision: Literal["bf16", "fp16", "fp32"] = Field(
-        default="bf16", description="Compute precision; fp16 uses dynamic loss scaling."
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = Field(
+        default="auto",
+        description="Compute precision; fp16 uses dynamic loss scaling. auto, resolved once at "
+        "start: bf16 on GPUs with bf16 and on CPUs with AMX-BF16, fp16 on other GPUs, else fp32.",
     )
-    gradient_checkpointing: bool = Field(
-        default=True, description="Recompute activations in backward to save memory (~20% slower)."
+    gradient_checkpointing: bool | Literal["auto"] = Field(
+        default="auto",
+        description="true, false or auto. Recompute activations in backward to save memory "
+        "(~20-30% slower). auto, resolved once at start: on only when the memory pre-flight says "
+        "the run does not fit without it.",
     )
     zero_stage: Literal[0, 2, 3] = Field(
         default=0,

@@ -59,9 +59,11 @@ __all__ = [
     "ModelShape",
     "UnknownModelError",
     "activation_bytes",
+    "checkpointing_needed",
     "estimate_memory",
     "known_shape",
     "layer_activation_bytes",
+    "loss_rows_at_once",
     "parse_size",
     "trainable_params",
     "weight_bytes",
@@ -73,6 +75,8 @@ LOGIT_COPIES_FP32 = 3
 CUDA_CONTEXT_BYTES = GIB // 2
 FRAGMENTATION = 0.05
 DTYPE_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
+PLAIN_LOGITS_BYTES = 64 * 2**20  # logits this small are not worth chunking and recomputing
+AUTO_PRECISION = {"cuda": "bf16", "cpu": "fp32"}  # what `precision: auto` costs per device
 
 
 @dataclass(frozen=True)
@@ -90,6 +94,7 @@ class MemoryEstimate:
     tokens_per_micro_batch: int
     world_size: int
     notes: tuple[str, ...] = field(default=())
+    checkpointing: bool = False  # whether the estimate keeps only each layer's input
 
     @property
     def modelled_bytes(self) -> int:
@@ -189,25 +194,32 @@ def estimate_memory(
     world_size: int = 1,
     seq_len: int | None = None,
     device: Literal["cuda", "cpu"] = "cuda",
+    memory_limit: int | None = None,
 ) -> MemoryEstimate:
     """Peak memory per GPU of training `cfg` on `world_size` GPUs (see the module docstring).
 
     `device="cpu"` models a CPU run instead (dropout masks are as wide as their input there);
-    the tests use it to check the formula against CPU training steps.
+    the tests use it to check the formula against CPU training steps. `precision: auto` counts
+    2 B on a GPU (bf16 or fp16), 4 B on the CPU; `gradientCheckpointing: auto` is estimated as
+    the trainer resolves it (`checkpointing_needed`) against `memory_limit`.
     """
     shape = (
         model_config
         if isinstance(model_config, ModelShape)
         else ModelShape.from_config(model_config)
     )
+    ck = cfg.training.gradient_checkpointing
+    if ck == "auto":
+        ck = checkpointing_needed(cfg, shape, memory_limit, world_size, seq_len, device)
+        cfg = cfg.with_values({"training.gradientCheckpointing": ck})
     t, method = cfg.training, cfg.method
-    b = DTYPE_BYTES[t.precision]
+    b = DTYPE_BYTES[t.precision if t.precision != "auto" else AUTO_PRECISION[device]]
     seq = seq_len or cfg.dataset.max_input_tokens + cfg.dataset.max_target_tokens
     micro = t.resolved_micro_batch(world_size)
     tokens = (
         (t.max_tokens_per_batch or micro * seq) if t.dynamic_batching == "packing" else micro * seq
     )
-    checkpointing = t.gradient_checkpointing and traits_of(method).gradient_checkpointing
+    checkpointing = t.gradient_checkpointing is True and traits_of(method).gradient_checkpointing
     padded = t.dynamic_batching != "packing" and micro > 1
     notes = _notes(cfg, checkpointing)
     shard = world_size if t.zero_stage in (2, 3) else 1
@@ -222,7 +234,7 @@ def estimate_memory(
         repeat_kv=padded,
         mask=1 if device == "cuda" else 4,
     )
-    chunk = min(t.loss_chunk_size, tokens)
+    chunk = loss_rows_at_once(tokens, shape.vocab_size, t.loss_chunk_size)
     rest = dict(
         weights_bytes=math.ceil(weight_bytes(shape, method, b) / p_shard),
         peft_params_bytes=math.ceil(4 * n_train / p_shard),
@@ -239,12 +251,45 @@ def estimate_memory(
         tokens_per_micro_batch=tokens,
         world_size=world_size,
         notes=tuple(notes),
+        checkpointing=checkpointing,
     )
+
+
+def loss_rows_at_once(rows: int, vocab: int, chunk_size: int) -> int:
+    """Supervised positions the fused loss projects to the vocabulary at once (`loss.py`): all
+    `rows`, without recomputation, when their logits' backward (12 B x rows x vocab) is no more
+    than a chunk's or PLAIN_LOGITS_BYTES; else `chunk_size` at a time, recomputed in backward."""
+    per_row = LOGIT_COPIES_FP32 * 4 * vocab
+    if rows * per_row <= max(chunk_size * per_row, PLAIN_LOGITS_BYTES):
+        return rows
+    return chunk_size
+
+
+def checkpointing_needed(
+    cfg: TrainerConfig,
+    shape: ModelShape,
+    memory_limit: int | None,
+    world_size: int = 1,
+    seq_len: int | None = None,
+    device: Literal["cuda", "cpu"] = "cuda",
+) -> bool:
+    """`gradientCheckpointing: auto`: on only when the run does not fit `memory_limit` without it
+    (and the method can checkpoint); an unknown limit keeps it on, as an unsized run should."""
+    if not traits_of(cfg.method).gradient_checkpointing:
+        return False
+    if memory_limit is None:
+        return True
+    off = cfg.with_values({"training.gradientCheckpointing": False})
+    est = estimate_memory(off, shape, world_size=world_size, seq_len=seq_len, device=device)
+    return not est.fits(memory_limit)
 
 
 def _notes(cfg: TrainerConfig, checkpointing: bool) -> list[str]:
     notes = []
-    if cfg.training.gradient_checkpointing and not traits_of(cfg.method).gradient_checkpointing:
+    if (
+        cfg.training.gradient_checkpointing is True
+        and not traits_of(cfg.method).gradient_checkpointing
+    ):
         notes.append(f"{cfg.method.type} turns gradient checkpointing off; estimated without it")
     if not checkpointing:
         notes.append("without gradient checkpointing every layer keeps its activations")

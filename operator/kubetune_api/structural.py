@@ -52,6 +52,11 @@ def _clean(node: Json) -> Json:
         text = next(s for s in non_null if s.get("type") == "string")  # its pattern stays
         kept = {k: v for k, v in text.items() if k in ("pattern", "maxLength")}
         non_null = [{"x-kubernetes-int-or-string": True, **kept}]
+    if sorted(s.get("type", "") for s in non_null) == ["boolean", "string"]:
+        # `bool | Literal["auto"]`: a structural schema has one type per field, so the API server
+        # keeps the value as given and the operator's pydantic parse checks it (names the field).
+        node.pop("anyOf")
+        node["x-kubernetes-preserve-unknown-fields"] = True
     if "anyOf" in node and len(non_null) == 1:
         rest = {k: v for k, v in node.items() if k != "anyOf"}
         node = {**non_null[0], **rest}

@@ -177,7 +177,9 @@ def test_lora_activations(
 
 
 def test_qlora_weights_and_step(mid_model_dir: Path) -> None:
-    cfg = config(mid_model_dir, {"type": "qlora", "rank": 8}, precision="bf16")
+    cfg = config(
+        mid_model_dir, {"type": "qlora", "rank": 8}, precision="bf16", gradientCheckpointing=True
+    )
     _, measured = check(cfg, "qlora bf16 checkpointing=True")
     full = estimate_memory(config(mid_model_dir, {"type": "lora"}), model_shape(str(mid_model_dir)))
     assert measured["weights"] < 0.35 * full.weights_bytes  # NF4 really shrank the base

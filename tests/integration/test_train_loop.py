@@ -217,6 +217,14 @@ def test_swift_finetune_trains_the_seed_example(tiny_model_dir: Path, tmp_path: 
     assert summary["data"]["train"]["kept"] == 8  # 4 copies of the seed line deduplicated to 1
     assert summary["data"]["train"]["duplicates"] == 3
     assert (tmp_path / "output" / "adapter" / "adapter_config.json").exists()
+    # The seed CLI's defaults fit the hardware: resolved once, printed, recorded.
+    resolved = summary["resolved_defaults"]
+    assert resolved["precision"]["value"] == summary["config"]["training"]["precision"]
+    assert resolved["gradient_checkpointing"]["value"] is False  # a tiny model fits
+    assert summary["config"]["training"]["gradientCheckpointing"] is False
+    assert "precision: auto -> " in proc.stderr
+    start = json.loads(next(x for x in proc.stdout.splitlines() if '"event": "start"' in x))
+    assert start["resolved_defaults"]["gradient_checkpointing"] is False
     steps = [
         json.loads(line) for line in proc.stdout.splitlines() if line.startswith('{"event": "step"')
     ]

@@ -59,7 +59,9 @@ def main(argv: Sequence[str] | None = None, prog: str = "kubetune estimate") -> 
             raise ValueError(f"--gpus must be >= 1, got {args.gpus}")
         cfg = load_trainer_config(args.config)
         shape = model_shape(args.model or cfg.model.name)
-        est = estimate_memory(cfg, shape, world_size=args.gpus, seq_len=args.seq_len)
+        est = estimate_memory(
+            cfg, shape, world_size=args.gpus, seq_len=args.seq_len, memory_limit=gpu
+        )
     except ConfigError as err:
         for problem in err.problems:
             print(f"error: {problem}")
@@ -71,14 +73,22 @@ def main(argv: Sequence[str] | None = None, prog: str = "kubetune estimate") -> 
     return 0 if est.fits(gpu) else 1
 
 
+def _auto(value: object, resolved: str) -> str:
+    """`auto -> on` for a value the trainer resolves at start, the value itself otherwise."""
+    if value == "auto":
+        return f"auto -> {resolved}"
+    return {True: "on", False: "off"}.get(value, str(value))  # type: ignore[call-overload]
+
+
 def _print_report(cfg: TrainerConfig, shape: ModelShape, est: MemoryEstimate, gpu: int) -> None:
     t = cfg.training
     print(
         f"model: {shape.total_params / 1e9:.2f}B parameters ({shape.num_layers} layers, hidden "
         f"{shape.hidden_size}, vocab {shape.vocab_size}); method {cfg.method.type} "
-        f"(trains {est.trainable_params:,}); precision {t.precision}; "
+        f"(trains {est.trainable_params:,}); precision {_auto(t.precision, 'bf16/fp16')}; "
         f"{est.tokens_per_micro_batch} tokens per micro-batch; checkpointing "
-        f"{'on' if t.gradient_checkpointing else 'off'}; ZeRO-{t.zero_stage} on {est.world_size} GPU(s)"
+        f"{_auto(t.gradient_checkpointing, 'on' if est.checkpointing else 'off')}; "
+        f"ZeRO-{t.zero_stage} on {est.world_size} GPU(s)"
     )
     print(est.table(gpu))
     for note in est.notes:

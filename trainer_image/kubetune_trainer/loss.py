@@ -7,7 +7,9 @@ is replaced, for the duration of a `with fused_loss(model, labels)` block, by on
   1. shifts labels by one and keeps only positions that carry loss (prompt tokens are skipped),
   2. projects those hidden states to the vocabulary in chunks of `chunk_size` tokens,
   3. computes cross-entropy in fp32 per chunk under activation checkpointing, so backward
-     recomputes each chunk's logits instead of keeping them all.
+     recomputes each chunk's logits instead of keeping them all;
+  where all supervised positions' logits are small (`kubetune_api.memory.loss_rows_at_once`:
+  no more than one chunk's, or 64 MiB) they are projected at once and not recomputed.
 Doing this inside the model's own forward keeps it correct under FSDP2 (the weight is gathered
 there) and with peft prefix-tuning (which wraps the forward). Called by the train and eval loops.
 
@@ -32,6 +34,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from kubetune_api.memory import loss_rows_at_once
+
 IGNORE_INDEX = -100
 UL_WINDOW = 64  # how far back in the target the unlikelihood candidates reach
 
@@ -51,10 +55,13 @@ def _chunk_stats(
     labels: torch.Tensor,
     candidates: torch.Tensor | None,
     ul_weight: float,
+    count_correct: bool = True,
 ) -> torch.Tensor:
     logits = F.linear(hidden, weight).float()
     loss = F.cross_entropy(logits, labels, reduction="sum")
-    correct = (logits.argmax(dim=-1) == labels).sum().to(loss.dtype)
+    # The training loop reads only the loss: no argmax pass over the logits there.
+    hits = (logits.argmax(dim=-1) == labels).sum() if count_correct else loss.new_zeros(())
+    correct = hits.to(loss.dtype)
     if candidates is not None and ul_weight > 0:
         loss = loss + ul_weight * _unlikelihood(logits, candidates)
     return torch.stack([loss, correct.detach()])
@@ -107,6 +114,7 @@ def chunked_cross_entropy(
     labels: torch.Tensor,
     chunk_size: int,
     unlikelihood: float = 0.0,
+    count_correct: bool = True,
 ) -> LossSums:
     """Sum of next-token cross-entropy (+ weighted unlikelihood) over supervised positions.
 
@@ -119,11 +127,15 @@ def chunked_cross_entropy(
     cands = None
     if unlikelihood > 0 and y.numel():
         cands = unlikelihood_candidates(y, _run_starts(keep, labels.shape[1] - 1))
+    rows = y.shape[0]
+    if loss_rows_at_once(rows, weight.shape[0], chunk_size) >= rows:  # small: plain logits
+        total = _chunk_stats(h, weight, y, cands, unlikelihood, count_correct)
+        return LossSums(loss_sum=total[0], correct=total[1], tokens=keep.sum())
     total = hidden.new_zeros(2, dtype=torch.float32)
-    for start in range(0, y.shape[0], chunk_size):
+    for start in range(0, rows, chunk_size):
         end = start + chunk_size
         chunk_cands = None if cands is None else cands[start:end]
-        args = (h[start:end], weight, y[start:end], chunk_cands, unlikelihood)
+        args = (h[start:end], weight, y[start:end], chunk_cands, unlikelihood, count_correct)
         if torch.is_grad_enabled():
             total = total + checkpoint(_chunk_stats, *args, use_reentrant=False)
         else:
@@ -145,17 +157,24 @@ def _output_layer(model: nn.Module) -> nn.Linear:
 
 @contextmanager
 def fused_loss(
-    model: nn.Module, labels: torch.Tensor, chunk_size: int = 1024, unlikelihood: float = 0.0
+    model: nn.Module,
+    labels: torch.Tensor,
+    chunk_size: int = 1024,
+    unlikelihood: float = 0.0,
+    count_correct: bool = True,
 ) -> Iterator[list[LossSums]]:
     """Within the block, the model's forward computes LossSums instead of logits.
 
     Usage: `with fused_loss(model, labels) as out: model(input_ids=...)`, then `out[0]`.
+    `count_correct=False` (training) leaves `correct` at 0 and skips the argmax.
     """
     head = _output_layer(model)
     results: list[LossSums] = []
 
     def forward(self: nn.Linear, hidden: torch.Tensor) -> torch.Tensor:
-        sums = chunked_cross_entropy(hidden, self.weight, labels, chunk_size, unlikelihood)
+        sums = chunked_cross_entropy(
+            hidden, self.weight, labels, chunk_size, unlikelihood, count_correct
+        )
         results.append(sums)
         return hidden.new_zeros(1)  # stands in for logits; nothing downstream reads it
 

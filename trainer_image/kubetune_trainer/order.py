@@ -104,7 +104,7 @@ class DataOrder:
         )
         if slot < 0:
             batch.labels.fill_(-100)
-            batch.num_real_tokens = 0
+            batch.num_real_tokens = batch.num_target_tokens = 0
         return batch
 
     def step_batches(self, step: Step) -> list[Batch]:

@@ -41,6 +41,7 @@ class FinishedRun(Protocol):
     last_loss: float
     first_loss: float | None
     eval_metrics: dict[str, float]
+    resolved: dict[str, Any]
 
     def accounting(self) -> dict[str, Any]: ...
 
@@ -88,6 +89,7 @@ def build(loop: FinishedRun, info: Any, total_steps: int, adapter_dir: Path) -> 
         "data_hash": loop.data.data_hash,
         "config_hash": loop.cfg.config_hash(),
         "config": loop.cfg.to_wire(),
+        "resolved_defaults": loop.resolved,
         "adapter_path": str(adapter_dir),
         "versions": versions(),
     }

@@ -15,6 +15,8 @@ Called by the CLI (`kubetune train`, `swift-finetune`, the trainer image's entry
 
 from __future__ import annotations
 
+import math
+import sys
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
@@ -92,6 +94,7 @@ def build_model(cfg: TrainerConfig, rt: Runtime) -> tuple[nn.Module, Any]:
     problems = validate_method(cfg.method, AutoConfig.from_pretrained(cfg.model.name))
     if problems:
         raise ConfigError(problems)
+    cfg = resolve_defaults(cfg, rt)[0]  # no-op when `fit` resolved them already
     t = cfg.training
     # Packs attend per example (one sdpa call each) instead of through a dense T x T mask.
     attention = packed_attention.register() if t.dynamic_batching == "packing" else "sdpa"
@@ -102,10 +105,25 @@ def build_model(cfg: TrainerConfig, rt: Runtime) -> tuple[nn.Module, Any]:
         device=rt.device,
         attn_implementation=attention,
     )
-    model, info = apply_method(base, cfg.method, gradient_checkpointing=t.gradient_checkpointing)
+    checkpointing = t.gradient_checkpointing is True  # resolved above: never "auto" here
+    model, info = apply_method(base, cfg.method, gradient_checkpointing=checkpointing)
     model.train()
     param_dtype = None if t.precision == "fp32" else DTYPES[t.precision]
     return shard_model(model, rt, t.zero_stage, param_dtype), info
+
+
+def build_optimizer(params: list[nn.Parameter], t: Any, rt: Runtime) -> torch.optim.Optimizer:
+    """AdamW, one fused kernel over all adapter tensors (CPU and CUDA); under FSDP2 (DTensor
+    parameters) the multi-tensor `foreach` form. Same update as the per-tensor loop, fewer ops."""
+    fused = not rt.distributed and rt.device.type in ("cpu", "cuda")
+    fused = fused and all(p.dtype in (torch.float32, torch.float16, torch.bfloat16) for p in params)
+    return torch.optim.AdamW(
+        params,
+        lr=t.learning_rate,
+        weight_decay=t.weight_decay,
+        fused=fused or None,
+        foreach=None if fused else True,
+    )
 
 
 def output_of(cfg: TrainerConfig) -> Path:
@@ -124,6 +142,7 @@ class Loop:
         model: nn.Module,
         record: RunRecord | None = None,
     ) -> None:
+        cfg = resolve_defaults(cfg, rt, data)[0]  # no-op when `fit` resolved them already
         self.cfg, self.opts, self.rt, self.data = cfg, opts, rt, data
         self.output = output_of(cfg)
         self.t = cfg.training
@@ -143,10 +162,9 @@ class Loop:
         self.last_loss = float("nan")
         self.first_loss: float | None = None
         self.eval_metrics: dict[str, float] = {}
-        trainable = [p for p in model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(
-            trainable, lr=self.t.learning_rate, weight_decay=self.t.weight_decay
-        )
+        self.resolved: dict[str, Any] = {}  # the `auto` settings resolved at start (`hardware`)
+        self.trainable = [p for p in model.parameters() if p.requires_grad]
+        self.optimizer = build_optimizer(self.trainable, self.t, rt)
         self.total = self.order.total_steps()
         self.scheduler = build_scheduler(
             self.optimizer, self.total, self.t.warmup_ratio, self.t.scheduler
@@ -175,15 +193,21 @@ class Loop:
     # -- one optimizer step -----------------------------------------------------------------
     def step(self, model: nn.Module, micro_batches: list[Batch]) -> float:
         dev = self.rt.device
-        targets = sum(int((b.labels[:, 1:] != -100).sum()) for b in micro_batches)
-        total = all_reduce_sum(torch.tensor(float(targets), device=dev), self.rt).item()
+        targets = sum(b.num_target_tokens for b in micro_batches)  # counted at collation
+        total = float(targets)
+        if self.rt.distributed:  # the only host sync besides the step's loss
+            total = all_reduce_sum(torch.tensor(total, device=dev), self.rt).item()
         loss_sum = torch.zeros((), device=dev)
         for i, b in enumerate(micro_batches):
             with (
                 gradient_sync(model, i == len(micro_batches) - 1),
                 self.autocast(),
                 fused_loss(
-                    model, b.labels.to(dev), self.t.loss_chunk_size, self.t.repetition_penalty
+                    model,
+                    b.labels.to(dev),
+                    self.t.loss_chunk_size,
+                    self.t.repetition_penalty,
+                    count_correct=False,
                 ) as out,
             ):
                 model(
@@ -203,8 +227,7 @@ class Loop:
     def optimizer_step(self, model: nn.Module) -> None:
         self.scaler.unscale_(self.optimizer)
         if self.t.max_grad_norm > 0:
-            params = [p for p in model.parameters() if p.requires_grad]
-            torch.nn.utils.clip_grad_norm_(params, self.t.max_grad_norm)
+            torch.nn.utils.clip_grad_norm_(self.trainable, self.t.max_grad_norm, foreach=True)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
@@ -329,9 +352,34 @@ def fit(cfg: TrainerConfig, opts: RunOptions) -> tuple[nn.Module, dict[str, Any]
         record = claim_output(output_of(cfg), cfg, reference_of(cfg, rt), resume=opts.resume)
         torch.manual_seed(cfg.training.seed)
         data = prepare_data(cfg)
+        cfg, resolved = resolve_defaults(cfg, rt, data)
         model, info = build_model(cfg, rt)
         loop = Loop(cfg, opts, rt, data, model, record)
+        loop.resolved = resolved
         return model, _train(loop, model, info)
+
+
+def resolve_defaults(
+    cfg: TrainerConfig, rt: Runtime, data: Prepared | None = None
+) -> tuple[TrainerConfig, dict[str, Any]]:
+    """`precision: auto` and `gradientCheckpointing: auto` for this machine, once (`hardware`);
+    printed on the main process. Without `data` the longest example is the configured maximum."""
+    from transformers import AutoConfig
+
+    from kubetune_trainer import hardware
+
+    t = cfg.training
+    if t.precision != "auto" and t.gradient_checkpointing != "auto":
+        return cfg, {}
+    if data is not None and data.train:
+        seq = max(len(e.input_ids) for e in data.train)
+    else:
+        seq = cfg.dataset.max_input_tokens + cfg.dataset.max_target_tokens
+    model_config = AutoConfig.from_pretrained(cfg.model.name).to_dict()
+    resolved_cfg, resolved = hardware.resolve_defaults(cfg, rt.device, model_config, seq)
+    if rt.is_main:
+        print(f"kubetune: {hardware.describe(resolved)}", file=sys.stderr, flush=True)
+    return resolved_cfg, resolved
 
 
 def _train(loop: Loop, model: nn.Module, info: Any) -> dict[str, Any]:
@@ -349,6 +397,7 @@ def _train(loop: Loop, model: nn.Module, info: Any) -> dict[str, Any]:
             "micro_batch_size": loop.micro,
             "gradient_accumulation_steps": loop.accum,
             "trainable_fraction": info.trainable_fraction,
+            "resolved_defaults": {k: v["value"] for k, v in loop.resolved.items()},
         },
     )
     try:
@@ -387,7 +436,7 @@ def _epochs(loop: Loop, model: nn.Module, total: int, reporter: Reporter) -> Non
             started = time.perf_counter()
             batches = loop.order.step_batches(steps[k])
             loss = loop._maybe_fault(st.global_step, loop.step(model, batches))
-            if not torch.isfinite(torch.tensor(loss)):
+            if not math.isfinite(loss):
                 raise NonFiniteLoss(
                     f"loss became {loss} at step {st.global_step + 1}", step=st.global_step + 1
                 )

@@ -57,7 +57,7 @@ def check_memory(
     config = TrainerConfig.from_spec(spec).model_copy(
         update={"training": apply_overrides(spec.training, overrides)}
     )
-    est = estimate_memory(config, shape, world_size=world_size(spec))
+    est = estimate_memory(config, shape, world_size=world_size(spec), memory_limit=gpu)
     need, have = est.total_bytes / GIB, gpu / GIB
     if est.total_bytes <= gpu:
         return MemoryCheck(True, "Fits", f"estimated peak {need:.1f} GiB of {have:.1f} GiB per GPU")

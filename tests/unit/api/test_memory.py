@@ -89,5 +89,15 @@ def test_checkpointing_sharding_and_chunking_move_the_right_rows() -> None:
 
 
 def test_prefix_tuning_is_estimated_without_checkpointing() -> None:
-    est = estimate_memory(cfg(method={"type": "prefix-tuning"}), QWEN3_8B)
+    asked = cfg(method={"type": "prefix-tuning"}, training={"gradientCheckpointing": True})
+    est = estimate_memory(asked, QWEN3_8B)
     assert any("prefix-tuning turns gradient checkpointing off" in n for n in est.notes)
+    assert not est.checkpointing
+    auto = estimate_memory(cfg(method={"type": "prefix-tuning"}), QWEN3_8B, memory_limit=1)
+    assert not auto.checkpointing  # auto never picks what the method cannot do
+
+
+def test_auto_checkpointing_follows_the_memory_limit() -> None:
+    lora = cfg(training={"microBatchSize": 1})
+    assert estimate_memory(lora, QWEN3_8B, seq_len=2048, memory_limit=24 * 10**9).checkpointing
+    assert not estimate_memory(lora, QWEN3_8B, seq_len=2048, memory_limit=10**12).checkpointing

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from transformers import Qwen3Config, Qwen3ForCausalLM
 
+from kubetune_api import memory
 from kubetune_trainer.loss import IGNORE_INDEX, chunked_cross_entropy, fused_loss
 
 
@@ -20,8 +21,12 @@ def _reference(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor)
     )
 
 
+@pytest.mark.parametrize("plain_bytes", [0, memory.PLAIN_LOGITS_BYTES])  # 0: always chunk
 @pytest.mark.parametrize("chunk", [3, 16, 4096])
-def test_chunked_matches_reference_value_and_grad(chunk: int) -> None:
+def test_chunked_matches_reference_value_and_grad(
+    chunk: int, plain_bytes: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(memory, "PLAIN_LOGITS_BYTES", plain_bytes)
     torch.manual_seed(0)
     hidden = torch.randn(2, 9, 8, requires_grad=True)
     weight = torch.randn(50, 8, requires_grad=True)
@@ -35,6 +40,20 @@ def test_chunked_matches_reference_value_and_grad(chunk: int) -> None:
     assert int(got.tokens) == int((labels[:, 1:] != IGNORE_INDEX).sum())
     for a, b in zip(grads, ref_grads, strict=True):
         assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_rows_at_once_plain_when_logits_are_small() -> None:
+    """Small vocabulary: every supervised row at once; Qwen3's: the configured chunk."""
+    assert memory.loss_rows_at_once(2000, 2624, 256) == 2000  # 2000 x 2624 x 12 B = 60 MiB
+    assert memory.loss_rows_at_once(1000, 151_936, 256) == 256
+    assert memory.loss_rows_at_once(200, 151_936, 256) == 200  # within one chunk anyway
+
+
+def test_training_skips_the_argmax() -> None:
+    hidden = torch.eye(4).unsqueeze(0)
+    labels = torch.tensor([[IGNORE_INDEX, 0, 1, 3]])
+    sums = chunked_cross_entropy(hidden, torch.eye(4), labels, 2, count_correct=False)
+    assert int(sums.correct) == 0 and int(sums.tokens) == 3
 
 
 def test_accuracy_counts_argmax_hits() -> None:

@@ -173,16 +173,21 @@ def _collate_padded(examples: Sequence[Example], pad_token_id: int) -> Batch:
     import torch
 
     width = max(len(e.input_ids) for e in examples)
-    shape = (len(examples), width)
-    input_ids = torch.full(shape, pad_token_id, dtype=torch.long)
-    labels = torch.full(shape, IGNORE_INDEX, dtype=torch.long)
-    attention_mask = torch.zeros(shape, dtype=torch.long)
-    for row, e in enumerate(examples):
-        n = len(e.input_ids)
-        input_ids[row, :n] = torch.tensor(e.input_ids, dtype=torch.long)
-        labels[row, :n] = torch.tensor(e.labels, dtype=torch.long)
-        attention_mask[row, :n] = 1
-    return _batch(input_ids, labels, attention_mask, None, len(examples))
+    pads = [width - len(e.input_ids) for e in examples]
+    # One tensor per field, built from padded Python lists (no per-row tensors and copies).
+    input_ids = [
+        list(e.input_ids) + [pad_token_id] * p for e, p in zip(examples, pads, strict=True)
+    ]
+    labels = [list(e.labels) + [IGNORE_INDEX] * p for e, p in zip(examples, pads, strict=True)]
+    mask = [[1] * (width - p) + [0] * p for p in pads]
+    return _batch(
+        torch.tensor(input_ids, dtype=torch.long),
+        torch.tensor(labels, dtype=torch.long),
+        torch.tensor(mask, dtype=torch.long),
+        None,
+        len(examples),
+        real=width * len(examples) - sum(pads),
+    )
 
 
 def _collate_packed(examples: Sequence[Example]) -> Batch:
@@ -209,8 +214,10 @@ def _batch(
     attention_mask: torch.Tensor | None,
     position_ids: torch.Tensor | None,
     num_examples: int,
+    real: int | None = None,
 ) -> Batch:
-    real = int(attention_mask.sum()) if attention_mask is not None else input_ids.numel()
+    if real is None:
+        real = int(attention_mask.sum()) if attention_mask is not None else input_ids.numel()
     return Batch(
         input_ids=input_ids,
         labels=labels,

@@ -27,12 +27,19 @@ from kubetune_server.settings import (
 )
 
 
+def _adapter(text: str) -> Path | str:
+    """An s3:// URI stays a string (Path would fold its '//'); anything else is a folder."""
+    return text if text.startswith("s3://") else Path(text)
+
+
 def build_parser(prog: str = "kubetune serve") -> argparse.ArgumentParser:
     """Flags of `kubetune serve`."""
     p = argparse.ArgumentParser(prog=prog, description="Serve a Qwen3 model over an OpenAI API.")
     p.add_argument("--model", default=env_default("MODEL"), help="base model path (or hub id)")
     source = p.add_mutually_exclusive_group()
-    source.add_argument("--adapter", type=Path, default=env_default("ADAPTER"), help="adapter dir")
+    source.add_argument(
+        "--adapter", type=_adapter, default=env_default("ADAPTER"), help="adapter dir or s3:// URI"
+    )
     source.add_argument(
         "--fine-tune-job", default=env_default("FINE_TUNE_JOB"), help="serve this job's adapter"
     )

@@ -15,10 +15,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from kubetune_api.deployment import ModelDeploymentSpec, ServedModel
+from kubetune_api.storage import is_s3
 from kubetune_operator.names import GPU_RESOURCE
 from kubetune_operator.serving import names
 from kubetune_operator.serving.adapters import Resolved
 from kubetune_operator.settings import Settings
+from kubetune_operator.storage import cache_volume, storage_env
 
 Json = dict[str, Any]
 API_KEY_DIR = "/etc/kubetune/api-key"
@@ -199,11 +201,17 @@ def build_server_deployment(
     container = _container(SERVER_CONTAINER, image, server_args(model, spec, files), spec)
     container["resources"] = _resources(model)
     container["volumeMounts"] += files.mounts()
+    volumes = _volumes(spec) + files.volumes()
+    if is_s3(files.model) or is_s3(files.adapter):  # downloads into a cache volume first
+        container["env"] += storage_env(spec.storage)
+        volume, mount = cache_volume(spec.storage)
+        volumes.append(volume)
+        container["volumeMounts"].append(mount)
     pod: Json = {
         "automountServiceAccountToken": False,
         "securityContext": _pod_security(settings),
         "containers": [container],
-        "volumes": _volumes(spec) + files.volumes(),
+        "volumes": volumes,
     }
     if model.node_selector:
         pod["nodeSelector"] = dict(model.node_selector)

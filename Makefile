@@ -22,12 +22,14 @@ test-unit: setup ## Fast tier: no cluster, no GPU
 	$(VENV)/bin/pytest -q tests/unit
 
 test-integration: setup ## Trains and serves tiny Qwen3 models on the CPU
+	hack/s3.sh build >/dev/null  # the tests' S3 server (cached; built outside pytest's timeouts)
 	$(VENV)/bin/pytest -q -m integration tests/integration
 
 test-e2e: setup ## Real local control plane (builds it on first use)
 	$(VENV)/bin/pytest -q -m e2e tests/e2e
 
 test: setup ## Every tier: unit, integration, e2e (what CI runs; builds the control plane on first use)
+	hack/s3.sh build >/dev/null  # the tests' S3 server (cached; built outside pytest's timeouts)
 	$(VENV)/bin/pytest -q -o addopts='--strict-markers' -p no:cacheprovider tests
 
 crds: setup ## Regenerate the CRDs from the pydantic schema (manifests/crds and the chart's templates)

@@ -32,10 +32,11 @@ DEFAULT_CACHE_SIZE = "50Gi"
 
 
 def check_uri(uri: str | None) -> str | None:
-    """The uri unchanged, or ValueError naming the value when the runtime cannot open it."""
+    """The uri unchanged, or ValueError when the runtime cannot open it (a pydantic validator:
+    `ConfigError` appends the value)."""
     if uri is None or uri.startswith(FILE) or re.fullmatch(S3_URI, uri):
         return uri
-    raise ValueError(f"{URI_MESSAGE}, got {uri!r}")
+    raise ValueError(URI_MESSAGE)
 
 
 def split_s3(uri: str) -> tuple[str, str]:

@@ -20,7 +20,8 @@ CREDENTIALS_HINT = (
     "spec.storage.credentialsSecretRef)"
 )
 _lock = threading.Lock()
-_clients: dict[tuple[str | None, str | None], Any] = {}
+CREDENTIAL_VARS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
+_clients: dict[tuple[str | None, ...], Any] = {}
 
 
 class StorageError(RuntimeError):
@@ -34,10 +35,13 @@ def endpoint() -> str | None:
 
 def s3_client() -> Any:
     """One shared client per endpoint and region (boto3 clients are thread-safe)."""
-    key = (endpoint(), os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION"))
+    url = endpoint()
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    # Keyed by the credentials too, so a process whose environment changed gets a new client.
+    key = (url, region, *(os.environ.get(v) for v in CREDENTIAL_VARS))
     with _lock:
         if key not in _clients:
-            _clients[key] = _make(*key)
+            _clients[key] = _make(url, region)
         return _clients[key]
 
 

@@ -7,7 +7,7 @@ keeps `spec.output.uri` in step with it:
   checkpoint of the run at the URI (one whose `MANIFEST.json` exists), so the identity rules
   and the resume of a fresh pod work exactly as on a volume. Incomplete ones (a pod killed
   mid-upload) are ignored.
-- `checkpoint(path)`: queues a checkpoint; a background thread uploads it (manifest last) and
+- `checkpoint(path)`: queues a (hard-linked copy of the) checkpoint; a background thread uploads it (manifest last) and
   then deletes the URI's complete checkpoints beyond the newest `keep`. Training never waits
   for an upload.
 - Every upload retries with exponential backoff (`KUBETUNE_UPLOAD_ATTEMPTS`, default 5, from
@@ -52,6 +52,7 @@ RUN_FILE = "run.json"
 SUMMARY = "summary.json"
 ADAPTER = "adapter"
 PREFIX = "step-"
+UPLOADS = ".uploads"  # hard-linked copies of the checkpoints waiting for upload
 
 
 def with_retries(what: str, fn: Callable[[], T]) -> T:
@@ -123,9 +124,15 @@ class OutputMirror:
 
     # -- during the run ------------------------------------------------------------------
     def checkpoint(self, path: Path) -> None:
-        """Queue a written checkpoint for upload; raise an earlier upload's failure."""
+        """Queue a written checkpoint for upload; raise an earlier upload's failure.
+
+        The upload reads a hard-linked copy (`<output>/.uploads/<name>`: no bytes copied), so
+        the loop may prune its local checkpoints while an older one still uploads."""
         self.check()
-        self.jobs.put(path)
+        staged = self.local / UPLOADS / path.name
+        shutil.rmtree(staged, ignore_errors=True)
+        shutil.copytree(path, staged, copy_function=os.link)
+        self.jobs.put(staged)
 
     def check(self) -> None:
         if self.error is not None:
@@ -145,8 +152,6 @@ class OutputMirror:
         self.jobs.task_done()
 
     def _upload_checkpoint(self, path: Path) -> None:
-        if not path.exists():  # pruned locally: a newer checkpoint is queued behind it
-            return
         remote = join(self.uri, CHECKPOINTS, path.name)
         _log({"event": "checkpoint_uploading", "checkpoint": path.name, "uri": remote})
         started = time.perf_counter()
@@ -170,6 +175,7 @@ class OutputMirror:
                 ),
             )
         self.uploaded = self.uploaded[-self.keep :] if self.keep > 0 else self.uploaded
+        shutil.rmtree(path, ignore_errors=True)
 
     def drain(self) -> None:
         """Wait until every queued checkpoint is uploaded (or has failed)."""

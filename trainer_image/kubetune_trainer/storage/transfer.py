@@ -139,10 +139,15 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _bookkeeping(path: Path) -> bool:
+    """The manifest itself, the cache's ETag record and partial downloads: not content."""
+    return path.name in (MANIFEST, ETAGS) or path.name.startswith(".part-")
+
+
 def build_manifest(folder: Path) -> dict[str, Any]:
     """{"files": {relative name: {"size", "sha256"}}, "bytes", "sha256"} of a local folder."""
     files = {}
-    for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST):
+    for path in sorted(p for p in folder.rglob("*") if p.is_file() and not _bookkeeping(p)):
         files[path.relative_to(folder).as_posix()] = {
             "size": path.stat().st_size,
             "sha256": sha256_file(path),

@@ -86,10 +86,12 @@ def main(argv: list[str] | None = None) -> int:
                 (work / "back.bin").unlink()
                 rows.append((label, mib / up, mib / down))
                 print(
-                    f"{label:22s} upload {mib / up:8.1f} MiB/s   download {mib / down:8.1f} MiB/s   ({args.gib:g} GiB)"
+                    f"{label:22s} upload {mib / up:8.1f} MiB/s   "
+                    f"download {mib / down:8.1f} MiB/s   ({args.gib:g} GiB)"
                 )
             print(
-                f"ratio multipart/one-stream: upload {rows[0][1] / rows[1][1]:.2f}x, download {rows[0][2] / rows[1][2]:.2f}x"
+                f"ratio multipart/one-stream: upload {rows[0][1] / rows[1][1]:.2f}x, "
+                f"download {rows[0][2] / rows[1][2]:.2f}x"
             )
             big.unlink()
             folder = work / "folder"
@@ -101,7 +103,8 @@ def main(argv: list[str] | None = None) -> int:
             down = _timed(lambda: transfer.download("s3://kubetune/folder/"))
             again = _timed(lambda: transfer.download("s3://kubetune/folder/"))
             print(
-                f"200 x 64 KiB folder    upload_tree {up:.2f} s (manifest last)   download {down:.2f} s   cached {again:.2f} s"
+                f"200 x 64 KiB folder    upload_tree {up:.2f} s (manifest last)   "
+                f"download {down:.2f} s   cached {again:.2f} s"
             )
         finally:
             subprocess.run(

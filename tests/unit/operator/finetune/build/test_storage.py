@@ -180,3 +180,34 @@ def test_status_output_names_the_uploaded_adapter_with_size_and_hash() -> None:
     out = succeeded_output(_ctx(pods), 1, 40)
     assert out.adapter_path == "s3://runs/faq/adapter"
     assert (out.adapter_bytes, out.adapter_sha256, out.checkpoint_step) == (123456, "ab" * 32, 40)
+
+
+def test_a_modeldeployment_serving_from_s3_gets_the_env_and_a_cache() -> None:
+    from kubetune_operator.serving.adapters import resolve
+    from kubetune_operator.serving.builders import MdepOwner, build_server_deployment
+    from kubetune_operator.serving.plan import parse_spec as parse_mdep
+
+    spec = parse_mdep(
+        {
+            "models": [
+                {
+                    "name": "small",
+                    "model": "s3://models/qwen3-0.6b/",
+                    "adapter": {"uri": "s3://runs/faq/adapter"},
+                }
+            ],
+            "storage": {"endpoint": "http://minio:9000", "credentialsSecretRef": {"name": "s3"}},
+        }
+    )
+    files = resolve(spec.models[0], {})
+    assert not isinstance(files, type(None))
+    dep = build_server_deployment(
+        MdepOwner("ns", "chat", "uid"), spec, spec.models[0], files, Settings()
+    )
+    pod_spec = dep["spec"]["template"]["spec"]
+    env = env_of(pod_spec)
+    assert env["AWS_ENDPOINT_URL_S3"] == "http://minio:9000"
+    assert env["AWS_SECRET_ACCESS_KEY"]["secretKeyRef"]["name"] == "s3"
+    assert {"name": "cache", "emptyDir": {"sizeLimit": "50Gi"}} in pod_spec["volumes"]
+    args = pod_spec["containers"][0]["args"]
+    assert "s3://models/qwen3-0.6b/" in args and "s3://runs/faq/adapter" in args

@@ -57,9 +57,11 @@ def test_killed_mid_upload_resumes_from_the_last_complete_checkpoint(
         s3.client.put_object(Bucket=s3.name, Key=f"data/{task}.jsonl", Body=jsonl(8, 10 + i))
         mixture.append({"name": task, "train": {"uri": s3.uri(f"data/{task}.jsonl")}})
     out = s3.uri("runs/resume")
-    cfg = config({"name": "tiny", "source": {"uri": model_uri}}, {"mixture": mixture}, {"uri": out})
-    first = tmp_path / "pod-1"
+    model = {"name": "tiny", "source": {"uri": model_uri}}
+    first, second_dir = tmp_path / "pod-1", tmp_path / "pod-2"
     first.mkdir()
+    # Each "pod" has its own local output folder (the operator's /mnt/output emptyDir).
+    cfg = config(model, {"mixture": mixture}, {"path": str(first / "out"), "uri": out})
     (first / "config.yaml").write_text(json.dumps(cfg), encoding="utf-8")
     env = child_env(KUBETUNE_RUN_ID=RUN_ID, KUBETUNE_TEST_UPLOAD_DELAY="1.0")
     proc = subprocess.Popen(
@@ -95,7 +97,8 @@ def test_killed_mid_upload_resumes_from_the_last_complete_checkpoint(
     assert "runs/resume/checkpoints/step-000002/MANIFEST.json" in s3.keys("runs/resume/")
     assert "runs/resume/adapter/MANIFEST.json" not in s3.keys("runs/resume/")
 
-    second, line = train(tmp_path / "pod-2", cfg, KUBETUNE_RUN_ID=RUN_ID)
+    cfg["output"]["path"] = str(second_dir / "out")
+    second, line = train(second_dir, cfg, KUBETUNE_RUN_ID=RUN_ID)
     assert second.returncode == 0, second.stderr[-3000:]
     restored = [json.loads(x) for x in second.stderr.splitlines() if '"checkpoint_restored"' in x]
     assert [e["uri"] for e in restored] == [f"{out}/checkpoints/step-000002"]

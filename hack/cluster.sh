@@ -260,11 +260,11 @@ cmd_down() {
     pid=$(component_pid "$name")
     if [[ -n $pid ]]; then stop_pid "$pid"; fi
   done
+  "$HACK_DIR/s3.sh" down "$CLUSTER_DIR/s3"
   for pid in $(stray_pids); do
     info "stopping leftover process $pid"
     stop_pid "$pid"
   done
-  "$HACK_DIR/s3.sh" down "$CLUSTER_DIR/s3"
   rm -rf "$CLUSTER_DIR"
 }
 

@@ -5,7 +5,7 @@ uploaded file slowed (`KUBETUNE_TEST_UPLOAD_DELAY`) so the test can SIGKILL it o
 checkpoint is complete at the URI and step 4's is half uploaded (files there, no MANIFEST.json).
 A second start in a fresh local folder, as a new pod would be, with the same run id
 (`KUBETUNE_RUN_ID`), lists the run's checkpoints at the URI, restores step 2 (never the
-incomplete step 4), finishes, and leaves step 4 complete.
+incomplete step 4), finishes, and leaves only complete checkpoints (the newest two) there.
 """
 
 from __future__ import annotations
@@ -107,5 +107,12 @@ def test_killed_mid_upload_resumes_from_the_last_complete_checkpoint(
     )
     assert summary["resumed_from_step"] == 2 and summary["steps"] == line["step"]
     assert summary["run_id"] == RUN_ID
-    assert "runs/resume/checkpoints/step-000004/MANIFEST.json" in s3.keys("runs/resume/")
+    # Step 4 was uploaded again, whole; the URI keeps the newest two complete checkpoints, and
+    # nothing of an incomplete or pruned one is left.
+    folders = {k.split("/")[3] for k in s3.keys("runs/resume/checkpoints/")}
+    complete = {
+        k.split("/")[3] for k in s3.keys("runs/resume/checkpoints/") if k.endswith("MANIFEST.json")
+    }
+    assert folders == complete and len(complete) == 2, folders
+    assert max(complete) == f"step-{line['step']:06d}"
     assert line["reason"] == "Succeeded" and line["adapterUri"] == f"{out}/adapter"

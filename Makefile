@@ -22,6 +22,7 @@ test-unit: setup ## Fast tier: no cluster, no GPU
 	$(VENV)/bin/pytest -q tests/unit
 
 test-integration: setup ## Trains and serves tiny Qwen3 models on the CPU
+	hack/s3.sh build >/dev/null  # the tests' S3 server (cached; built outside pytest's timeouts)
 	$(VENV)/bin/pytest -q -m integration tests/integration
 
 test-e2e: setup cluster-build ## Real local control plane, kwok nodes (builds it on first use)
@@ -33,6 +34,7 @@ test-real: setup cluster-build images ## Our images in real pods on the real nod
 # The builds run here, before pytest, so no per-test timeout can cut them off (the e2e fixture
 # only starts what is built). KUBETUNE_REAL_NODES=0 skips the images and the real tier.
 test: setup cluster-build $(if $(filter 0,$(KUBETUNE_REAL_NODES)),,images) ## Every tier: unit, integration, e2e, real (what CI runs; builds the control plane and images first)
+	hack/s3.sh build >/dev/null  # the tests' S3 server (cached; built outside pytest's timeouts)
 	$(VENV)/bin/pytest -q -o addopts='--strict-markers' -p no:cacheprovider tests
 
 crds: setup ## Regenerate the CRDs from the pydantic schema (manifests/crds and the chart's templates)

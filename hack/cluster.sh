@@ -10,6 +10,7 @@
 #   hack/cluster.sh down     stop every process `up` started and delete the cluster state
 #   hack/cluster.sh status   say what runs; exit 1 unless the whole cluster is up
 #   hack/cluster.sh env      print `export KUBECONFIG=... PATH=<pinned kubectl, helm>:$PATH`
+#                            and the AWS_* variables of the cluster's S3 server (hack/s3.sh)
 #
 # Called by `make cluster-up` / `make cluster-down` and by the e2e fixture in
 # tests/e2e/conftest.py. Settings (environment, all optional):
@@ -19,6 +20,7 @@
 #   KUBETUNE_ETCD_PORT       etcd clients; peers use PORT+1     (22379)
 #   KUBETUNE_KCM_PORT, KUBETUNE_SCHEDULER_PORT, KUBETUNE_KWOK_PORT  health endpoints
 #                                                               (20257, 20259, 20247)
+#   KUBETUNE_S3_PORT         S3-compatible server (versitygw)  (20900)
 #   KUBETUNE_GPU_NODES, KUBETUNE_GPUS_PER_NODE, KUBETUNE_CPU_NODES  fake nodes (2, 8, 1)
 #   KUBETUNE_REAL_NODES      1: one real node (needs root; `make images` first); 0: kwok only
 #   KUBETUNE_BRIDGE, KUBETUNE_NODE_NET, KUBETUNE_KUBELET_PORT   real node's bridge, /24, ports
@@ -38,6 +40,7 @@ ETCD_PORT=${KUBETUNE_ETCD_PORT:-22379}
 KCM_PORT=${KUBETUNE_KCM_PORT:-20257}
 SCHEDULER_PORT=${KUBETUNE_SCHEDULER_PORT:-20259}
 KWOK_PORT=${KUBETUNE_KWOK_PORT:-20247}
+S3_PORT=${KUBETUNE_S3_PORT:-20900}
 GPU_NODES=${KUBETUNE_GPU_NODES:-2}
 GPUS_PER_NODE=${KUBETUNE_GPUS_PER_NODE:-8}
 CPU_NODES=${KUBETUNE_CPU_NODES:-1}
@@ -238,7 +241,8 @@ ensure_binaries() {
 
 check_ports_free() {
   local port
-  for port in "$ETCD_PORT" "$((ETCD_PORT + 1))" "$KCM_PORT" "$SCHEDULER_PORT" "$KWOK_PORT"; do
+  for port in "$ETCD_PORT" "$((ETCD_PORT + 1))" "$KCM_PORT" "$SCHEDULER_PORT" "$KWOK_PORT" \
+              "$S3_PORT"; do
     port_free "$port" || die "127.0.0.1:$port is taken by another process; override the KUBETUNE_*_PORT settings (see the top of $0)"
   done
   port_free "$APISERVER_PORT" "$APISERVER_HOST" ||
@@ -267,7 +271,9 @@ write_kubeconfigs() {
 cmd_up() {
   mkdir -p "$LOG_DIR"
   ensure_binaries
+  "$HACK_DIR/s3.sh" build >/dev/null
   if cluster_running; then
+    "$HACK_DIR/s3.sh" up "$CLUSTER_DIR/s3" "$S3_PORT"
     info "already running; $KUBECONFIG_PATH"
     return 0
   fi
@@ -292,6 +298,7 @@ cmd_up() {
   start_controller_manager
   start_scheduler
   start_kwok
+  "$HACK_DIR/s3.sh" up "$CLUSTER_DIR/s3" "$S3_PORT"
   wait_until 60 kube-controller-manager healthy "https://127.0.0.1:$KCM_PORT/healthz"
   wait_until 60 kube-scheduler healthy "https://127.0.0.1:$SCHEDULER_PORT/healthz"
   wait_until 60 kwok healthy "http://127.0.0.1:$KWOK_PORT/healthz"
@@ -313,6 +320,7 @@ cmd_down() {
     pid=$(component_pid "$name")
     if [[ -n $pid ]]; then stop_pid "$pid"; fi
   done
+  "$HACK_DIR/s3.sh" down "$CLUSTER_DIR/s3"
   for pid in $(stray_pids); do
     info "stopping leftover process $pid"
     stop_pid "$pid"
@@ -350,11 +358,12 @@ import_if_running() {
 cmd_env() {
   echo "export KUBECONFIG=\"$KUBECONFIG_PATH\""
   echo "export PATH=\"$BIN_DIR:\$PATH\""
+  "$HACK_DIR/s3.sh" env "$S3_PORT"
 }
 
 main() {
   case "${1:-}" in
-    build) mkdir -p "$LOG_DIR" && ensure_binaries ;;
+    build) mkdir -p "$LOG_DIR" && ensure_binaries && "$HACK_DIR/s3.sh" build >/dev/null ;;
     images) mkdir -p "$LOG_DIR" && build_all_images && import_if_running ;;
     up) cmd_up ;;
     down) cmd_down ;;

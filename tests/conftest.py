@@ -8,6 +8,10 @@ ones that do share a single build per session.
   `${KUBETUNE_CACHE:-~/.cache/kubetune}/tokenizers/` in about two seconds).
 - `qwen3_tiny_model_dir`: the "tiny" model with the genuine Qwen3 vocabulary (151,936 rows).
 
+- `s3_server`: a real S3-compatible server (versitygw, `hack/s3.sh`) on the first free port of
+  29000-29099 (`$KUBETUNE_S3_TEST_PORTS` as FIRST-LAST), one per session; `s3` (per test) gives
+  a fresh bucket and the AWS_* variables set for the test.
+
 The genuine-vocabulary fixtures skip, saying why, when `qwen.tiktoken` (from the `dashscope`
 wheel, or `$KUBETUNE_QWEN_TIKTOKEN`) is not available. Add further shared fixtures here; keep
 tier-specific ones in `tests/<tier>/conftest.py`.
@@ -15,8 +19,14 @@ tier-specific ones in `tests/<tier>/conftest.py`.
 
 from __future__ import annotations
 
+import os
+import socket
+import subprocess
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -59,3 +69,98 @@ def qwen3_tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_model(
         tmp_path_factory.mktemp("tiny-qwen3-genuine"), vocab="qwen3", size="tiny"
     )
+
+
+REPO = Path(__file__).resolve().parents[1]
+S3_SCRIPT = REPO / "hack" / "s3.sh"
+
+
+def _free_port(first: int, last: int) -> int:
+    for port in range(first, last + 1):
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) != 0:
+                return port
+    raise RuntimeError(f"no free port in {first}-{last} for the S3 server")
+
+
+@dataclass
+class S3Server:
+    """A running versitygw: its endpoint and the AWS_* variables a client needs."""
+
+    port: int
+    env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def client(self) -> Any:
+        import boto3
+        from botocore.config import Config
+
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint,
+            aws_access_key_id=self.env["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=self.env["AWS_SECRET_ACCESS_KEY"],
+            region_name="us-east-1",
+            config=Config(s3={"addressing_style": "path"}),
+        )
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """versitygw on 127.0.0.1, built once per machine (`hack/s3.sh build`, cached and locked)."""
+    first, _, last = os.environ.get("KUBETUNE_S3_TEST_PORTS", "29000-29099").partition("-")
+    port = _free_port(int(first), int(last or first))
+    state = tmp_path_factory.mktemp("s3-server")
+    subprocess.run([str(S3_SCRIPT), "up", str(state), str(port)], check=True, timeout=1800)
+    env_text = subprocess.run(
+        [str(S3_SCRIPT), "env", str(port)], check=True, capture_output=True, text=True
+    ).stdout
+    env = {}
+    for line in env_text.splitlines():
+        key, _, value = line.removeprefix("export ").partition("=")
+        env[key] = value.strip('"')
+    try:
+        yield S3Server(port, env)
+    finally:
+        subprocess.run([str(S3_SCRIPT), "down", str(state)], check=False, timeout=60)
+
+
+@dataclass
+class S3Bucket:
+    """A fresh bucket on the session's server, with the AWS_* variables set for this test."""
+
+    server: S3Server
+    name: str
+    client: Any
+
+    def uri(self, key: str = "") -> str:
+        return f"s3://{self.name}/{key}"
+
+    def keys(self, prefix: str = "") -> list[str]:
+        pages = self.client.get_paginator("list_objects_v2").paginate(
+            Bucket=self.name, Prefix=prefix
+        )
+        return sorted(o["Key"] for page in pages for o in page.get("Contents") or [])
+
+    def put_tree(self, folder: Path, prefix: str) -> str:
+        for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+            key = f"{prefix.strip('/')}/{path.relative_to(folder).as_posix()}"
+            self.client.upload_file(str(path), self.name, key)
+        return self.uri(prefix.strip("/"))
+
+
+@pytest.fixture
+def s3(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> S3Bucket:
+    """A new bucket; AWS_* point at the server and the download cache is this test's own."""
+    for key in ("AWS_ENDPOINT_URL_S3", "AWS_PROFILE", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in s3_server.env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("KUBETUNE_STORAGE_CACHE", str(tmp_path / "s3-cache"))
+    client = s3_server.client()
+    name = f"t-{uuid.uuid4().hex[:12]}"
+    client.create_bucket(Bucket=name)
+    return S3Bucket(s3_server, name, client)

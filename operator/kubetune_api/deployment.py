@@ -8,11 +8,13 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
+import kubetune_api.formats as formats
 from kubetune_api.base import ApiModel
 from kubetune_api.finetune import ComputeResources, PvcRef, SecretKeyRef, Toleration
 from kubetune_api.status import Condition
+from kubetune_api.storage import StorageSpec, check_uri
 
 
 class AdapterRef(ApiModel):
@@ -26,7 +28,17 @@ class AdapterRef(ApiModel):
     pvc: PvcRef | None = Field(
         default=None, description="Adapter folder on a PersistentVolumeClaim."
     )
-    uri: str | None = Field(default=None, description="Adapter URI the image can read.")
+    uri: str | None = Field(
+        default=None,
+        max_length=formats.PATH_MAX,
+        description="s3://bucket/prefix/adapter (downloaded into the server's cache; see "
+        "spec.storage) or file:///path in the image.",
+    )
+
+    @field_validator("uri")
+    @classmethod
+    def _readable(cls, uri: str | None) -> str | None:
+        return check_uri(uri)
 
     @model_validator(mode="after")
     def _exactly_one(self) -> AdapterRef:
@@ -95,8 +107,15 @@ class ServedModel(ApiModel):
     )
     model: str = Field(
         min_length=1,
-        description="Base model: hub id (Qwen/Qwen3-8B) or a path in the image/volume.",
+        description="Base model: hub id (Qwen/Qwen3-8B), a path in the image/volume, or "
+        "s3://bucket/prefix (downloaded into the server's cache; see spec.storage).",
     )
+
+    @field_validator("model")
+    @classmethod
+    def _model_uri(cls, model: str) -> str:
+        return check_uri(model) or model if "://" in model else model
+
     model_pvc: PvcRef | None = Field(
         default=None, description="Volume holding the base model, if not in the image."
     )
@@ -225,6 +244,9 @@ class ModelDeploymentSpec(ApiModel):
         default_factory=RoutingSpec, description="Request routing between models."
     )
     server: ServerSpec = Field(default_factory=ServerSpec, description="Server limits and API key.")
+    storage: StorageSpec | None = Field(
+        default=None, description="How the server pods reach the object store of s3:// URIs."
+    )
 
     @model_validator(mode="after")
     def _names_resolve(self) -> ModelDeploymentSpec:

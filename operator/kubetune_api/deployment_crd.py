@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from kubetune_api.deployment import ModelDeploymentSpec, ModelDeploymentStatus
+from kubetune_api.storage import URI_MESSAGE, URI_RULE
 from kubetune_api.structural import build_crd
 
 COLUMNS: list[dict[str, Any]] = [
@@ -48,6 +49,8 @@ RULES: dict[str, list[dict[str, Any]]] = {
             "message": "set exactly one of fineTuneJob, path, pvc, uri",
         }
     ],
+    "models.[].adapter.uri": [{"rule": URI_RULE, "message": URI_MESSAGE}],
+    "models.[].model": [{"rule": f"!self.contains('://') || {URI_RULE}", "message": URI_MESSAGE}],
 }
 
 

@@ -17,6 +17,7 @@ from pydantic import Field, field_validator, model_validator
 import kubetune_api.formats as formats
 from kubetune_api.base import ApiModel
 from kubetune_api.extras import AugmentationSpec, SearchSpec
+from kubetune_api.storage import StorageSpec, check_uri
 
 DEFAULT_TARGET_MODULES = [
     "q_proj",
@@ -93,8 +94,15 @@ class DataSource(ApiModel):
     config_map: ConfigMapRef | None = Field(default=None, description="A key of a ConfigMap.")
     uri: str | None = Field(
         default=None,
-        description="A URI (file:// locally; s3:// or https:// when the image supports it).",
+        max_length=formats.PATH_MAX,
+        description="file:///local/path, or s3://bucket/key (a file, or a folder when it ends "
+        "with /; downloaded into the cache first; see spec.storage).",
     )
+
+    @field_validator("uri")
+    @classmethod
+    def _readable(cls, uri: str | None) -> str | None:
+        return check_uri(uri)
 
     @model_validator(mode="after")
     def _exactly_one(self) -> DataSource:
@@ -339,22 +347,15 @@ class OutputSpec(ApiModel):
     uri: str | None = Field(
         default=None,
         max_length=formats.PATH_MAX,
-        description="file:// only, for kubetune train: the trainer writes local paths and PVCs; "
-        "object storage (s3://, gs://, https://) is refused until it is supported.",
+        description="s3://bucket/prefix: the adapter, summary.json, run.json and every checkpoint "
+        "are uploaded there (a checkpoint counts once its MANIFEST.json is written, last); "
+        "file:// (kubetune train only) is a local folder.",
     )
 
     @field_validator("uri")
     @classmethod
     def _writable(cls, uri: str | None) -> str | None:
-        if uri is not None and not uri.startswith("file://"):
-            raise ValueError(f"{OUTPUT_URI_MESSAGE}, got {uri!r}")
-        return uri
-
-
-OUTPUT_URI_MESSAGE = (
-    "the trainer writes only to a local path (file://) or a PVC (spec.output.pvc); "
-    "object storage is not supported yet"
-)
+        return check_uri(uri)
 
 
 Quantity = int | Annotated[str, Field(max_length=64, pattern=formats.QUANTITY)]
@@ -510,6 +511,9 @@ class FineTuneJobSpec(ApiModel):
         default_factory=ResourcesSpec, description="GPUs and placement."
     )
     output: OutputSpec = Field(default_factory=OutputSpec, description="Where results go.")
+    storage: StorageSpec | None = Field(
+        default=None, description="How the pods reach the object store of s3:// URIs."
+    )
     retry: RetrySpec = Field(default_factory=RetrySpec, description="Automatic retries.")
     suspend: bool = Field(
         default=False, description="true stops the running pod and keeps checkpoints."

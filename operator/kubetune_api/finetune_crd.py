@@ -8,8 +8,9 @@ from __future__ import annotations
 from typing import Any
 
 import kubetune_api.formats as formats
-from kubetune_api.finetune import OUTPUT_URI_MESSAGE, FineTuneJobSpec
+from kubetune_api.finetune import FineTuneJobSpec
 from kubetune_api.status import FineTuneJobStatus
+from kubetune_api.storage import URI_MESSAGE, URI_RULE
 from kubetune_api.structural import build_crd
 
 COLUMNS: list[dict[str, Any]] = [
@@ -83,7 +84,7 @@ TOLERATION = [
 ]  # fmt: skip
 FORMATS: dict[str, list[dict[str, Any]]] = {
     **{path: [formats.cel_no_parent(NO_PARENT)] for path in PVC_PATHS},
-    "output.uri": [{"rule": "self.startsWith('file://')", "message": OUTPUT_URI_MESSAGE}],
+    **{f"{s}.uri": [{"rule": URI_RULE, "message": URI_MESSAGE}] for s in [*SOURCES, "output"]},
     "resources.nodeSelector": [formats.cel_keys(formats.QUALIFIED_NAME, QUALIFIED)],
     "resources.resources.requests": [formats.cel_keys(formats.QUALIFIED_NAME, QUALIFIED)],
     "resources.resources.limits": [formats.cel_keys(formats.QUALIFIED_NAME, QUALIFIED)],

@@ -115,7 +115,16 @@ class Trial(ApiModel):
 class OutputStatus(ApiModel):
     """Where the results are."""
 
-    adapter_path: str | None = Field(default=None, description="The trained adapter (PEFT format).")
+    adapter_path: str | None = Field(
+        default=None,
+        description="The trained adapter (PEFT format): pvc://claim/path, or the s3:// URI the "
+        "trainer uploaded it to (set only once its upload and manifest are complete).",
+    )
+    adapter_bytes: int | None = Field(default=None, description="Size of the adapter's files.")
+    adapter_sha256: str | None = Field(
+        default=None,
+        description="Content hash of the adapter: sha256 over 'name size sha256' of each file.",
+    )
     checkpoint_step: int | None = Field(default=None, description="Step of the latest checkpoint.")
 
 

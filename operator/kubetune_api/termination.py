@@ -58,6 +58,9 @@ class TerminationReason:
     checkpoint: str | None = None
     evalLoss: float | None = None
     trainLoss: float | None = None
+    adapterUri: str | None = None  # Succeeded: where the adapter is (uploaded, when s3://)
+    adapterBytes: int | None = None
+    adapterSha256: str | None = None  # content hash over its files (names, sizes, sha256s)
 
     def to_json(self) -> str:
         """The line to write, cut to fit the kubelet's 4096 bytes (the message is shortened)."""

@@ -97,8 +97,10 @@ REJECTED_AT_APPLY = [
     ("seconds-without-noexecute",
      spec_with("resources.tolerations", [{"key": "k", "operator": "Exists", "tolerationSeconds": 5}]),
      ["spec.resources.tolerations[0]", "NoExecute"]),
-    ("s3-output", spec_with("output", {"uri": "s3://bucket/out"}), ["spec.output.uri", "not supported"]),
+    ("gs-output", spec_with("output", {"uri": "gs://bucket/out"}), ["spec.output.uri", "only file://"]),
     ("https-output", spec_with("output", {"uri": "https://example.com/out"}), ["spec.output.uri"]),
+    ("https-dataset", spec_with("dataset.train", {"uri": "https://example.com/t.jsonl"}),
+     ["spec.dataset.train.uri", "s3://bucket/key"]),
     ("zero-grace", spec_with("resources.terminationGracePeriodSeconds", 0),
      ["spec.resources.terminationGracePeriodSeconds"]),
 ]  # fmt: skip
@@ -109,7 +111,7 @@ STILL_REJECTED = [c for c in REJECTED_AT_APPLY if c[0] != "unknown-field"]
 INVALID_SPEC = [
     ("local-output-path", spec_with("output", {"path": "/tmp/out"}), "spec.output.path"),
     ("no-output", spec_with("output", None), "spec.output"),
-    ("s3-dataset", spec_with("dataset.train", {"uri": "s3://bucket/train.jsonl"}), "spec.dataset.train.uri"),
+    ("file-dataset", spec_with("dataset.train", {"uri": "file:///data/train.jsonl"}), "spec.dataset.train.uri"),
     ("qlora-without-gpu", spec_with("resources.gpusPerNode", 0) | {"method": {"type": "qlora"}}, "spec.method.type"),
     ("gpu-in-resources", spec_with("resources.resources", {"limits": {"nvidia.com/gpu": 2}}),
      "spec.resources.resources.limits"),

@@ -50,7 +50,7 @@ def kube_fetch(name: str, namespace: str) -> dict[str, Any]:
     return cast(dict[str, Any], body)
 
 
-def adapter_path_of(body: dict[str, Any]) -> Path | None:
+def adapter_path_of(body: dict[str, Any]) -> Path | str | None:
     """The adapter path of a Succeeded FineTuneJob; None while it runs; raises if it failed."""
     status = body.get("status") or {}
     phase = status.get("phase")
@@ -66,7 +66,7 @@ def adapter_path_of(body: dict[str, Any]) -> Path | None:
         raise AdapterNotReadyError(
             f"FineTuneJob {name} succeeded but has no status.output.adapterPath"
         )
-    return Path(path)
+    return path if path.startswith("s3://") else Path(path)  # s3://: `remote` downloads it
 
 
 def resolve_fine_tune_job(
@@ -76,8 +76,8 @@ def resolve_fine_tune_job(
     timeout_s: float = 24 * 3600,
     poll_s: float = 10.0,
     fetch: Fetch = kube_fetch,
-) -> Path:
-    """Wait for FineTuneJob `name` to succeed and return its adapter folder."""
+) -> Path | str:
+    """Wait for FineTuneJob `name` to succeed and return its adapter folder (or s3:// URI)."""
     ns = namespace or current_namespace()
     deadline = time.monotonic() + timeout_s
     while True:

@@ -28,6 +28,11 @@ from kubetune_server.settings import (
 )
 
 
+def _adapter(text: str) -> Path | str:
+    """An s3:// URI stays a string (Path would fold its '//'); anything else is a folder."""
+    return text if text.startswith("s3://") else Path(text)
+
+
 def build_parser(prog: str = "kubetune serve") -> argparse.ArgumentParser:
     """Flags of `kubetune serve`."""
     p = argparse.ArgumentParser(prog=prog, description="Serve a Qwen3 model over an OpenAI API.")
@@ -36,8 +41,8 @@ def build_parser(prog: str = "kubetune serve") -> argparse.ArgumentParser:
         "--adapter",
         action="append",
         default=None,
-        help="DIR: merge this adapter (one); NAME=DIR (repeatable): serve LoRA adapters unmerged, "
-        "picked by the request's model",
+        help="DIR or s3:// URI: merge this adapter (one); NAME=DIR (repeatable): serve LoRA "
+        "adapters unmerged, picked by the request's model",
     )
     p.add_argument(
         "--fine-tune-job", default=env_default("FINE_TUNE_JOB"), help="serve this job's adapter"
@@ -118,7 +123,7 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
     )
 
 
-def split_adapters(values: list[str]) -> tuple[Path | None, dict[str, str]]:
+def split_adapters(values: list[str]) -> tuple[Path | str | None, dict[str, str]]:
     """`--adapter` values: (one folder to merge, or None; named adapters name -> folder)."""
     named = [v for v in values if "=" in v]
     if named and len(named) != len(values):
@@ -126,7 +131,7 @@ def split_adapters(values: list[str]) -> tuple[Path | None, dict[str, str]]:
     if not named:
         if len(values) > 1:
             raise ValueError(f"--adapter DIR merges one adapter, got {len(values)}; use NAME=DIR")
-        return (Path(values[0]) if values else None), {}
+        return (_adapter(values[0]) if values else None), {}
     out: dict[str, str] = {}
     for value in named:
         name, _, folder = value.partition("=")

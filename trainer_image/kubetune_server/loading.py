@@ -24,6 +24,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 from kubetune_server.adapter_source import resolve_fine_tune_job
 from kubetune_server.multi_lora import LoraSet
 from kubetune_server.quantize import model_size_bytes, quantize_model
+from kubetune_server.remote import local_adapter, local_model
 from kubetune_server.settings import ServerSettings
 
 log = logging.getLogger(__name__)
@@ -72,12 +73,14 @@ def pick_device(wanted: str) -> torch.device:
 def load_model(settings: ServerSettings) -> LoadedModel:
     """Load, merge and quantize the model `settings` describe; logs the size before/after."""
     device = pick_device(settings.device)
-    adapter = settings.adapter
-    if adapter is None and settings.fine_tune_job:
-        adapter = resolve_fine_tune_job(settings.fine_tune_job)
+    found = settings.adapter
+    if found is None and settings.fine_tune_job:
+        found = resolve_fine_tune_job(settings.fine_tune_job)
+    adapter = local_adapter(found)  # an s3:// adapter or base model: from the local cache
+    model_path = local_model(settings.model)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    base = AutoModelForCausalLM.from_pretrained(settings.model, dtype=dtype).eval()
-    tokenizer = AutoTokenizer.from_pretrained(_tokenizer_source(settings.model, adapter))
+    base = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype).eval()
+    tokenizer = AutoTokenizer.from_pretrained(_tokenizer_source(model_path, adapter))
     model, prefix, notes = _with_adapter(base, adapter)
     before = model_size_bytes(model)
     if settings.quantization == "int8":
@@ -93,7 +96,7 @@ def load_model(settings: ServerSettings) -> LoadedModel:
         settings.quantization if settings.quantization == "int8" else "unquantized",
         after / before,
     )
-    temperature, top_p = _sampling_defaults(settings.model)
+    temperature, top_p = _sampling_defaults(model_path)
     return LoadedModel(
         model=model,
         tokenizer=tokenizer,

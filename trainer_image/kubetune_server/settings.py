@@ -31,8 +31,12 @@ class ServerSettings(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    model: str = Field(min_length=1, description="base model: a local path (or a hub id)")
-    adapter: Path | None = Field(default=None, description="PEFT adapter folder to merge")
+    model: str = Field(
+        min_length=1, description="base model: a local path, a hub id, or an s3:// prefix"
+    )
+    adapter: Path | str | None = Field(
+        default=None, description="PEFT adapter folder to merge (a local path or an s3:// prefix)"
+    )
     fine_tune_job: str | None = Field(
         default=None, description="FineTuneJob whose adapter to serve"
     )
@@ -93,8 +97,8 @@ class ServerSettings(BaseModel):
             return self.served_model_name
         if self.fine_tune_job:
             return self.fine_tune_job
-        source = self.adapter if self.adapter is not None else Path(self.model)
-        return source.name or str(source)
+        source = str(self.adapter if self.adapter is not None else self.model).rstrip("/")
+        return Path(source.removeprefix("s3://")).name or source
 
 
 class RouterSettings(BaseModel):

@@ -82,6 +82,10 @@ def main(argv: Sequence[str] | None = None, prog: str = "kubetune train") -> int
         return _fail(term, err.code, [str(err)], step=err.step, checkpoint=err.checkpoint)
     except Exception as err:
         from kubetune_trainer.data import DataError
+        from kubetune_trainer.storage import StorageError
+
+        if isinstance(err, StorageError):  # one sentence: the URI, what failed, what to check
+            return _fail(term, ExitCode.ERROR, [f"object storage: {err}"])
 
         if isinstance(err, DataError):
             return _fail(term, ExitCode.INVALID_DATA, [str(err)])

@@ -115,6 +115,9 @@ def write_success(path: Path | None, summary: Mapping[str, Any]) -> str:
         step=summary.get("steps"),
         evalLoss=finite(metrics.get("eval_loss")),
         trainLoss=finite(metrics.get("train_loss")),
+        adapterUri=summary.get("adapter_uri"),
+        adapterBytes=summary.get("adapter_bytes"),
+        adapterSha256=summary.get("adapter_sha256"),
     ).to_json()
     _write(path, line)
     return line

@@ -95,6 +95,21 @@ def build(loop: FinishedRun, info: Any, total_steps: int, adapter_dir: Path) -> 
     }
 
 
+def adapter_facts(adapter_dir: Path, output_uri: str | None) -> dict[str, Any]:
+    """Where the adapter ends up (its s3:// URI when the output is one), its size and content
+    hash (sha256 over its files' names, sizes and sha256s: `storage.transfer.tree_hash`)."""
+    from kubetune_trainer.storage.transfer import build_manifest, join
+
+    manifest = build_manifest(adapter_dir)
+    facts: dict[str, Any] = {
+        "adapter_bytes": manifest["bytes"],
+        "adapter_sha256": manifest["sha256"],
+    }
+    if output_uri and output_uri.startswith("s3://"):
+        facts["adapter_path"] = facts["adapter_uri"] = join(output_uri, "adapter")
+    return facts
+
+
 def json_safe(value: Any) -> Any:
     """`value` with every NaN or infinity replaced by None (JSON has no such numbers)."""
     if isinstance(value, float):

@@ -8,6 +8,9 @@
        saveEverySteps, every checkpointEveryMinutes, after the last step and on SIGTERM (then
        exit 6 Preempted)
     -> adapter + summary.json
+    An s3:// output (`storage.mirror`) is the local folder mirrored up: the newest complete
+    checkpoint at the URI is restored first, each checkpoint uploads in a background thread,
+    and the adapter and summary upload at the end; a failed upload fails the run.
 
 It knows nothing about Kubernetes: the operator plugs a status reporter into `reporters`.
 Called by the CLI (`kubetune train`, `swift-finetune`, the trainer image's entrypoint).
@@ -59,6 +62,8 @@ from kubetune_trainer.preemption import Agreement, sigterm_stops
 from kubetune_trainer.prepare import Prepared, prepare_data
 from kubetune_trainer.progress import Reporter, StepRecord
 from kubetune_trainer.schedule import build_scheduler
+from kubetune_trainer.sources import localize
+from kubetune_trainer.storage.mirror import OutputMirror
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
@@ -127,7 +132,29 @@ def build_optimizer(params: list[nn.Parameter], t: Any, rt: Runtime) -> torch.op
 
 
 def output_of(cfg: TrainerConfig) -> Path:
-    return Path(cfg.output.path or "output")
+    """The local output folder: output.path, a file:// uri's path, a staging folder in the
+    download cache for an s3:// uri without a path, else ./output."""
+    out = cfg.output
+    if out.path:
+        return Path(out.path)
+    if out.uri and out.uri.startswith("file://"):
+        return Path(out.uri.removeprefix("file://"))
+    if out.uri:
+        from kubetune_trainer.storage.transfer import cache_root
+
+        return cache_root() / "outputs" / out.uri.removeprefix("s3://")
+    return Path("output")
+
+
+def open_mirror(cfg: TrainerConfig, opts: RunOptions, rt: Runtime) -> OutputMirror | None:
+    """The s3:// output's mirror (main process only), with its newest checkpoint restored."""
+    uri = cfg.output.uri
+    if not uri or not uri.startswith("s3://") or not rt.is_main:
+        return None
+    mirror = OutputMirror(output_of(cfg), uri, keep=opts.keep_checkpoints)
+    if opts.resume == "auto":
+        mirror.restore()
+    return mirror
 
 
 class Loop:
@@ -141,9 +168,11 @@ class Loop:
         data: Prepared,
         model: nn.Module,
         record: RunRecord | None = None,
+        mirror: OutputMirror | None = None,
     ) -> None:
         cfg = resolve_defaults(cfg, rt, data)[0]  # no-op when `fit` resolved them already
         self.cfg, self.opts, self.rt, self.data = cfg, opts, rt, data
+        self.mirror = mirror
         self.output = output_of(cfg)
         self.t = cfg.training
         here = reference_of(cfg, rt)
@@ -266,6 +295,8 @@ class Loop:
         )
         self.saved_step = self.state.global_step
         self.agreement.saved()
+        if self.mirror is not None:
+            self.mirror.checkpoint(path)  # uploads in the background; raises an earlier failure
         return path
 
     def _checkpoint_to_resume(self) -> Path | None:
@@ -348,15 +379,23 @@ def fit(cfg: TrainerConfig, opts: RunOptions) -> tuple[nn.Module, dict[str, Any]
     """`run`, also returning the trained model (tests compare it with the reloaded adapter)."""
     rt = init_runtime(opts.device)
     with sigterm_stops():
-        # Which run this is, before any data or weights load: a foreign output folder is refused.
-        record = claim_output(output_of(cfg), cfg, reference_of(cfg, rt), resume=opts.resume)
-        torch.manual_seed(cfg.training.seed)
-        data = prepare_data(cfg)
-        cfg, resolved = resolve_defaults(cfg, rt, data)
-        model, info = build_model(cfg, rt)
-        loop = Loop(cfg, opts, rt, data, model, record)
-        loop.resolved = resolved
-        return model, _train(loop, model, info)
+        mirror = open_mirror(cfg, opts, rt)
+        try:
+            # Which run this is, before any data or weights load: a foreign output folder is
+            # refused. The identity keeps the config as written (s3:// URIs, not cache paths).
+            record = claim_output(output_of(cfg), cfg, reference_of(cfg, rt), resume=opts.resume)
+            torch.manual_seed(cfg.training.seed)
+            local = localize(cfg)
+            data = prepare_data(local)
+            local, resolved = resolve_defaults(local, rt, data)
+            cfg = cfg.model_copy(update={"training": local.training})
+            model, info = build_model(local, rt)
+            loop = Loop(cfg, opts, rt, data, model, record, mirror)
+            loop.resolved = resolved
+            return model, _train(loop, model, info)
+        finally:
+            if mirror is not None:
+                mirror.close()  # a failed or preempted run still uploads its last checkpoint
 
 
 def resolve_defaults(
@@ -387,6 +426,8 @@ def _train(loop: Loop, model: nn.Module, info: Any) -> dict[str, Any]:
     loop.resume(model)
     if rt.is_main:
         commit_claim(loop.output, loop.record, resume=loop.opts.resume)
+        if loop.mirror is not None:
+            loop.mirror.put_run_file()
     barrier(rt)
     reporter = _main_reporter(loop)
     reporter.on_start(
@@ -503,7 +544,10 @@ def _finish(
         )
     summary = summary_mod.build(loop, info, total, adapter_dir)
     if loop.rt.is_main:
+        summary.update(summary_mod.adapter_facts(adapter_dir, loop.cfg.output.uri))
         summary_mod.write(loop.output, summary)
+        if loop.mirror is not None:
+            loop.mirror.finish(adapter_dir)
         if loop.eval_metrics:
             reporter.on_eval(loop.state.global_step, loop.eval_metrics)
         reporter.on_end(summary)

@@ -17,6 +17,7 @@ from kubetune_api.termination import PREEMPTED
 from kubetune_operator.finetune.build.children import build_children
 from kubetune_operator.finetune.build.mounts import adapter_location
 from kubetune_operator.finetune.failure import Failure
+from kubetune_operator.finetune.observe import succeeded_line
 from kubetune_operator.finetune.plan_types import Context, Plan, new_attempt, started_message
 from kubetune_operator.finetune.retry import count_endings, decide_retry
 from kubetune_operator.status import Event, set_condition, shorten, timestamp
@@ -27,9 +28,7 @@ def succeeded(ctx: Context, status: FineTuneJobStatus, attempts: list[Attempt]) 
         update={"result": "Succeeded", "completion_time": timestamp(ctx.now)}
     )
     step = status.progress.step if status.progress else None
-    output = OutputStatus(
-        adapter_path=adapter_location(ctx.spec, ctx.owner.name), checkpoint_step=step
-    )
+    output = succeeded_output(ctx, attempts[-1].index, step)
     conditions = set_condition(
         list(status.conditions or []), "Complete", True, "Succeeded", "", ctx.now
     )
@@ -45,6 +44,21 @@ def succeeded(ctx: Context, status: FineTuneJobStatus, attempts: list[Attempt]) 
         }
     )
     return Plan(new, events=[Event("Normal", "Succeeded", new.message or "")])
+
+
+def succeeded_output(ctx: Context, attempt: int, step: int | None) -> OutputStatus:
+    """Where the adapter is: the trainer's `Succeeded` line names it (an s3:// URI only once
+    uploaded, with its size and hash); without one, where the spec puts it."""
+    line = succeeded_line([p for p in ctx.observed.pods if p["attempt"] == attempt])
+    where = adapter_location(ctx.spec, ctx.owner.name)
+    if line is not None and line.adapterUri and where.startswith("s3://"):
+        where = line.adapterUri
+    return OutputStatus(
+        adapter_path=where,
+        adapter_bytes=line.adapterBytes if line else None,
+        adapter_sha256=line.adapterSha256 if line else None,
+        checkpoint_step=step,
+    )
 
 
 def failed_attempt(

@@ -122,6 +122,16 @@ def _container_failure(pod: Json) -> Failure:
     return Failure(reason, message, code, parsed.step, parsed.checkpoint or None)
 
 
+def succeeded_line(pods: list[Json]) -> TerminationReason | None:
+    """The `Succeeded` termination line of a finished trainer (adapter URI, size, hash), if any."""
+    for pod in pods:
+        term = (_container(pod).get("state") or {}).get("terminated") or {}
+        parsed = TerminationReason.parse(term.get("message"))
+        if parsed and parsed.reason == SUCCEEDED:
+            return parsed
+    return None
+
+
 def succeeded_eval_loss(pods: list[Json]) -> float | None:
     """The final eval loss a finished trainer wrote into its `Succeeded` termination line."""
     for pod in pods:

@@ -6,7 +6,9 @@ one GPU: `spec.resources.gpuMemory`, else the operator's `--gpu-memory` setting 
 `defaults.gpuMemory`). The model's shape comes from the built-in table of Qwen3 configs by
 `spec.model.name`; the operator reads no file, so another model gets an Unknown verdict.
 `plan` turns the verdict into the `MemoryFits` condition (and a Warning Event when it does not
-fit) or, with `spec.strictPreflight`, fails the job before any pod starts.
+fit) or, with `spec.strictPreflight`, fails the job before any pod starts. `cache_problems`
+checks the download cache (`spec.storage.cacheSize`) against the base model's weights when they
+come from s3:// (`validation` refuses the job before any pod starts).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Literal
 
 from kubetune_api.finetune import FineTuneJobSpec
 from kubetune_api.memory import GIB, UnknownModelError, estimate_memory, known_shape, parse_size
+from kubetune_api.storage import StorageSpec, is_s3
 from kubetune_api.trainer_config import TrainerConfig
 from kubetune_operator.finetune.retry import apply_overrides
 from kubetune_operator.finetune.topology import world_size
@@ -69,3 +72,23 @@ def check_memory(
         f"({parts} GiB); lower training.microBatchSize or dataset.maxInputTokens, use "
         "method.type qlora, or zeroStage 3 over more GPUs",
     )
+
+
+def cache_problems(spec: FineTuneJobSpec) -> list[str]:
+    """spec.storage.cacheSize against the base model's bf16 weights, when they download from
+    s3:// and the model is a known Qwen3 (the download cache must hold them, and the data)."""
+    source = spec.model.source
+    if source is None or not is_s3(source.uri):
+        return []
+    try:
+        shape = known_shape(spec.model.name)
+    except UnknownModelError:
+        return []
+    size = (spec.storage or StorageSpec()).cache_size
+    need, have = shape.total_params * 2, parse_size(size)
+    if need <= have:
+        return []
+    return [
+        f"spec.storage.cacheSize: {size} cannot hold the base model {spec.model.name} "
+        f"downloaded from {source.uri} (about {need / GIB:.1f} GiB in bf16); raise it"
+    ]

@@ -16,6 +16,8 @@ from pydantic import ValidationError
 from kubetune_api.errors import ConfigError
 from kubetune_api.finetune import DataSource, FineTuneJobSpec
 from kubetune_api.methods import gpu_problems
+from kubetune_api.storage import is_s3
+from kubetune_operator.finetune.preflight import cache_problems
 from kubetune_operator.finetune.topology import world_size
 from kubetune_operator.names import GPU_RESOURCE
 
@@ -37,6 +39,7 @@ def parse_spec(raw: Any) -> FineTuneJobSpec:
 def cluster_problems(spec: FineTuneJobSpec) -> list[str]:
     """Problems of a spec that is schema-valid but cannot run as a pod."""
     problems = _output_problems(spec) + _data_problems(spec) + _resource_problems(spec)
+    problems += cache_problems(spec)
     problems += _search_problems(spec)
     try:
         spec.training.resolved_micro_batch(world_size(spec))
@@ -49,10 +52,12 @@ def _output_problems(spec: FineTuneJobSpec) -> list[str]:
     out = spec.output
     if out.path is not None:
         return ["spec.output.path: a local path does not outlive the pod; use spec.output.pvc"]
-    if out.uri is not None:  # the schema lets only file:// through: a folder inside the pod
-        return ["spec.output.uri: a file:// folder does not outlive the pod; use spec.output.pvc"]
-    if out.pvc is None:
-        return ["spec.output: set pvc (checkpoints and the adapter must outlive the pod)"]
+    if out.uri is not None and not is_s3(out.uri):
+        return [
+            "spec.output.uri: a file:// folder does not outlive the pod; use s3:// or spec.output.pvc"
+        ]
+    if out.pvc is None and out.uri is None:
+        return ["spec.output: set pvc or uri (checkpoints and the adapter must outlive the pod)"]
     return []
 
 
@@ -67,9 +72,10 @@ def _sources(spec: FineTuneJobSpec) -> list[tuple[str, DataSource]]:
 def _data_problems(spec: FineTuneJobSpec) -> list[str]:
     problems = []
     for path, src in _sources(spec):
-        if src.uri is not None and not src.uri.startswith("file://"):
+        if src.uri is not None and not is_s3(src.uri):
             problems.append(
-                f"{path}.uri: the trainer reads files; use pvc or configMap, got {src.uri!r}"
+                f"{path}.uri: a file:// path is not in the pod; use s3://, pvc or configMap, "
+                f"got {src.uri!r}"
             )
     if spec.model.source is not None and spec.model.source.config_map is not None:
         problems.append("spec.model.source.configMap: model weights do not fit a ConfigMap")

@@ -19,10 +19,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from kubetune_api.deployment import ModelDeploymentSpec, ServedModel
+from kubetune_api.storage import is_s3
 from kubetune_operator.names import GPU_RESOURCE
 from kubetune_operator.serving import names
 from kubetune_operator.serving.adapters import Resolved
 from kubetune_operator.settings import Settings
+from kubetune_operator.storage import cache_volume, storage_env
 
 Json = dict[str, Any]
 API_KEY_DIR = "/etc/kubetune/api-key"
@@ -219,6 +221,11 @@ def build_server_deployment(
         )
         config_map = {"name": names.adapters_config_name(owner.name, model.name)}
         volumes.append({"name": "adapters", "configMap": config_map})
+    if is_s3(files.model) or is_s3(files.adapter):  # downloads into a cache volume first
+        container["env"] += storage_env(spec.storage)
+        volume, mount = cache_volume(spec.storage)
+        volumes.append(volume)
+        container["volumeMounts"].append(mount)
     pod: Json = {
         "automountServiceAccountToken": False,
         "securityContext": _pod_security(settings),

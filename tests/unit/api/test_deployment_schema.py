@@ -40,7 +40,11 @@ def test_two_models_with_complexity_routing() -> None:
             "spec.models.0.quantization",
         ),
         (
-            {"models": [{"name": "a", "model": "m", "adapter": {"path": "/x", "uri": "s3://y"}}]},
+            {
+                "models": [
+                    {"name": "a", "model": "m", "adapter": {"path": "/x", "uri": "s3://bkt/y"}}
+                ]
+            },
             "exactly one",
         ),
         ({"models": [{"name": "a", "model": "m"}, {"name": "a", "model": "n"}]}, "unique"),

@@ -53,7 +53,8 @@ def test_valid_formats_pass() -> None:
         ("resources.image", "Trainer Image", "spec.resources.image"),
         ("resources.tolerations", [{"operator": "Exists", "value": "x"}], "spec.resources"),
         ("resources.tolerations", [{"value": "x"}], "spec.resources.tolerations"),
-        ("output", {"uri": "s3://bucket/out"}, "spec.output.uri"),
+        ("output", {"uri": "gs://bucket/out"}, "spec.output.uri"),
+        ("dataset.train", {"uri": "https://host/x.jsonl"}, "spec.dataset.train.uri"),
     ],
 )
 def test_bad_formats_name_the_field(path: str, value: Any, field: str) -> None:

@@ -24,10 +24,17 @@ from typing import Any
 from kubetune_api.finetune import FineTuneJobSpec
 from kubetune_api.termination import ExitCode
 from kubetune_operator import names
-from kubetune_operator.finetune.build.mounts import CONFIG_DIR, CONFIG_PATH, Mounts, resolve_mounts
+from kubetune_operator.finetune.build.mounts import (
+    CONFIG_DIR,
+    CONFIG_PATH,
+    Mounts,
+    resolve_mounts,
+    uses_object_storage,
+)
 from kubetune_operator.names import GPU_RESOURCE, TRAINER_CONTAINER
 from kubetune_operator.owner import Owner
 from kubetune_operator.settings import Settings
+from kubetune_operator.storage import storage_env
 
 Json = dict[str, Any]
 RUN_ID_ENV = "KUBETUNE_RUN_ID"  # kubetune_trainer.identity reads it
@@ -107,6 +114,8 @@ def _env(owner: Owner, spec: FineTuneJobSpec, run: names.Run, settings: Settings
     if token is not None:
         ref = {"secretKeyRef": {"name": token.name, "key": token.key}}
         env.append({"name": "HF_TOKEN", "valueFrom": ref})
+    if uses_object_storage(spec):
+        env += storage_env(spec.storage)
     env += [{"name": k, "value": v} for k, v in settings.extra_env]
     return env
 

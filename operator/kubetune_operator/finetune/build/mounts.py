@@ -14,7 +14,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kubetune_api.finetune import DataSource, FineTuneJobSpec
+from kubetune_api.storage import is_s3
 from kubetune_operator.names import PVC_ROOT
+from kubetune_operator.storage import cache_volume
 
 CONFIGMAP_ROOT = "/mnt/configmaps"
 SCRATCH_OUTPUT = "/mnt/output"  # emptyDir when the output is a uri (the image uploads it)
@@ -52,6 +54,11 @@ def _sources(spec: FineTuneJobSpec) -> list[DataSource]:
     for entry in spec.dataset.mixture or []:
         found += [entry.train, entry.eval]
     return [s for s in found if s is not None]
+
+
+def uses_object_storage(spec: FineTuneJobSpec) -> bool:
+    """Whether any source or the output is an s3:// URI (the pod then gets AWS_* and a cache)."""
+    return is_s3(spec.output.uri) or any(is_s3(s.uri) for s in _sources(spec))
 
 
 def output_dir(spec: FineTuneJobSpec, name: str) -> str:
@@ -94,6 +101,10 @@ def resolve_mounts(spec: FineTuneJobSpec, name: str) -> Mounts:
         volumes.append({"name": "output", "emptyDir": {}})
         mounts.append({"name": "output", "mountPath": SCRATCH_OUTPUT})
     _config_map_volumes(spec, volumes, mounts)
+    if uses_object_storage(spec):
+        volume, mount = cache_volume(spec.storage)
+        volumes.append(volume)
+        mounts.append(mount)
     return Mounts(volumes, mounts, output_dir(spec, name))
 
 

@@ -17,6 +17,8 @@
 #   KUBETUNE_KCM_PORT, KUBETUNE_SCHEDULER_PORT, KUBETUNE_KWOK_PORT  health endpoints
 #                                                               (20257, 20259, 20247)
 #   KUBETUNE_GPU_NODES, KUBETUNE_GPUS_PER_NODE, KUBETUNE_CPU_NODES  fake nodes (2, 8, 1)
+#   KUBETUNE_KUEUE=1         also run a real Kueue (hack/lib/kueue.sh); KUBETUNE_KUEUE_PORT
+#                            its health port, +1 metrics, +2 webhook   (20281)
 # Ports sit below Linux's ephemeral range (32768+) so outgoing connections never take them.
 # shellcheck source-path=SCRIPTDIR
 set -euo pipefail
@@ -47,6 +49,9 @@ source "$HACK_DIR/lib/build.sh"
 source "$HACK_DIR/lib/pki.sh"
 # shellcheck source=lib/nodes.sh
 source "$HACK_DIR/lib/nodes.sh"
+# shellcheck source=lib/kueue.sh
+source "$HACK_DIR/lib/kueue.sh"
+if kueue_enabled; then COMPONENTS+=(kueue); fi
 
 BIN_DIR="$KUBETUNE_CACHE/bin/$(bin_version)"
 PKI_DIR="$CLUSTER_DIR/pki"
@@ -200,12 +205,13 @@ ensure_binaries() {
     build_binaries "$BIN_DIR" "$KUBETUNE_CACHE/logs/build-$(bin_version).log"
     info "binaries: built in $((SECONDS - start))s into $BIN_DIR"
   fi
+  if kueue_enabled; then ensure_kueue; fi
 }
 
 check_ports_free() {
   local port
   for port in "$APISERVER_PORT" "$ETCD_PORT" "$((ETCD_PORT + 1))" "$KCM_PORT" \
-              "$SCHEDULER_PORT" "$KWOK_PORT"; do
+              "$SCHEDULER_PORT" "$KWOK_PORT" $(if kueue_enabled; then kueue_ports; fi); do
     port_free "$port" || die "127.0.0.1:$port is taken by another process; override the KUBETUNE_*_PORT settings (see the top of $0)"
   done
 }
@@ -243,6 +249,7 @@ cmd_up() {
   wait_until 60 "fake nodes Ready" kubectl_admin wait --for=condition=Ready node --all --timeout=1s
   # Pods need their namespace's default service account, made by the controller-manager.
   wait_until 60 "default service account" kubectl_admin get serviceaccount default -n default
+  if kueue_enabled; then start_kueue; fi
   info "started in $((SECONDS - start))s: $GPU_NODES GPU node(s) x $GPUS_PER_NODE GPUs, $CPU_NODES CPU node(s)"
   info "use it: eval \"\$($0 env)\""
 }
@@ -291,7 +298,7 @@ main() {
     down) cmd_down ;;
     status) cmd_status ;;
     env) cmd_env ;;
-    *) sed -n '2,22p' "$0" >&2; exit 2 ;;
+    *) sed -n '2,24p' "$0" >&2; exit 2 ;;
   esac
 }
 

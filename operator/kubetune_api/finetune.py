@@ -17,6 +17,7 @@ from pydantic import Field, field_validator, model_validator
 import kubetune_api.formats as formats
 from kubetune_api.base import ApiModel
 from kubetune_api.extras import AugmentationSpec, SearchSpec
+from kubetune_api.scheduling import SchedulingSpec
 
 DEFAULT_TARGET_MODULES = [
     "q_proj",
@@ -505,6 +506,10 @@ class FineTuneJobSpec(ApiModel):
         default_factory=ResourcesSpec, description="GPUs and placement."
     )
     output: OutputSpec = Field(default_factory=OutputSpec, description="Where results go.")
+    scheduling: SchedulingSpec = Field(
+        default_factory=SchedulingSpec,
+        description="Kueue queue, priority class, extra labels and annotations of the Jobs.",
+    )
     retry: RetrySpec = Field(default_factory=RetrySpec, description="Automatic retries.")
     suspend: bool = Field(
         default=False, description="true stops the running pod and keeps checkpoints."

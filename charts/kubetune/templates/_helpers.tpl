@@ -94,6 +94,8 @@ Roles (watchNamespaces). Derived from what operator/kubetune_operator does:
   serving/     ModelDeployments: kopf watches them (list/watch, progress annotations), GET and
                PATCH modeldeployments/status; server-side apply of Deployments and Services,
                list + delete of those no longer in the spec; watches Deployments
+  finetune/    Kueue Workloads: indexed and watched (list/watch, read only) for the reason a
+               queued Job waits, its admission and its eviction (spec.scheduling.queueName)
 */}}
 {{- define "kubetune.namespacedRules" -}}
 - apiGroups: [kubetune.io]
@@ -129,6 +131,9 @@ Roles (watchNamespaces). Derived from what operator/kubetune_operator does:
 - apiGroups: [""]
   resources: [services]
   verbs: [list, delete]
+- apiGroups: [kueue.x-k8s.io]
+  resources: [workloads]
+  verbs: [list, watch]
 {{- end }}
 
 {{/* Operator flags: scope, ports, peering. */}}

@@ -85,7 +85,8 @@ def _running(trials: list[Trial]) -> list[Trial]:
 def _observe(ctx: Context, trial: Trial) -> tuple[Observation, Json | None, list[Json]]:
     job = next((j for j in ctx.observed.jobs if j.get("trial") == trial.index), None)
     pods = [p for p in ctx.observed.pods if p.get("trial") == trial.index]
-    return observe_attempt(job, pods, ctx.spec.resources.nodes), job, pods
+    obs = observe_attempt(job, pods, ctx.spec.resources.nodes, ctx.observed.workload(job))
+    return obs, job, pods
 
 
 def _close_finished(ctx: Context, trials: list[Trial]) -> tuple[list[Trial], list[Event]]:
@@ -299,7 +300,7 @@ def _searching(ctx: Context, status: FineTuneJobStatus, trials: list[Trial]) -> 
     assert search is not None
     observations = [_observe(ctx, t)[0] for t in _running(trials)]
     running = any(o.state == "Running" for o in observations)
-    waiting = next((o for o in observations if o.state == "Pending" and o.reason), None)
+    waiting = next((o for o in observations if o.state in ("Pending", "Queued") and o.reason), None)
     conditions = list(status.conditions or [])
     if status.phase == "Suspended":
         conditions = set_condition(conditions, "Suspended", False, "Resumed", "", ctx.now)

@@ -70,15 +70,12 @@ def admitted(
     queue = admitted_to(workload)
     where = f"ClusterQueue {queue}" if queue else "Kueue"
     again = any(
-        a.result == PREEMPTED and (a.message or "").startswith(KUEUE_EVICTED)
-        for a in attempts[:-1]
+        a.result == PREEMPTED and (a.message or "").startswith(KUEUE_EVICTED) for a in attempts[:-1]
     )
     reason = "Readmitted" if again else "Admitted"
     current = attempts[-1]
     text = f"{where} admitted attempt {current.index} (job {current.job_name})" + (
         " after a preemption; it resumes from the last checkpoint" if again else ""
     )
-    conditions = set_condition(
-        list(status.conditions or []), QUEUED, False, reason, text, ctx.now
-    )
+    conditions = set_condition(list(status.conditions or []), QUEUED, False, reason, text, ctx.now)
     return status.model_copy(update={"conditions": conditions}), [Event("Normal", reason, text)]

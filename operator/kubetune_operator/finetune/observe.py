@@ -20,9 +20,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from kubetune_api.scheduling import QUEUE_LABEL
 from kubetune_api.termination import EXIT_REASONS, PREEMPTED, SUCCEEDED, TerminationReason
 from kubetune_operator import names
-from kubetune_api.scheduling import QUEUE_LABEL
 from kubetune_operator.finetune.failure import Failure
 from kubetune_operator.finetune.queue import eviction, waiting
 from kubetune_operator.names import TRAINER_CONTAINER

@@ -9,21 +9,31 @@ keeps a Job waiting:
 - a 2-node x 8-GPU job does not fit the quota as a whole: not one pod is created;
 - a higher-priority job preempts a running lower one (Kueue evicts its Workload): the lower one
   records a disruption (no retry spent), queues again, and once the higher one finishes is
-  re-admitted and resumes from its checkpoint (`--resume auto`, the same output folder).
-Pods are driven like a kubelet would (`finish_pod`), as in the other FineTuneJob e2e tests.
+  re-admitted and resumes from its checkpoint. There the real trainer runs on this machine with
+  the pod's command (as in test_finetunejob_trainer.py): SIGTERM when its pod goes writes a
+  checkpoint and exits Preempted; the next attempt's command resumes from that step.
+Pods are otherwise driven like a kubelet would (`finish_pod`), as in the other e2e tests.
 """
 
 from __future__ import annotations
 
 import copy
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 from operator_helpers import (
     EXAMPLES,
+    REPO,
     OperatorProcess,
     claims_of,
     create_pvcs,
@@ -182,47 +192,156 @@ def test_a_2_node_job_that_does_not_fit_is_not_started_at_all(
         delete_pvs(kubectl, ns)
 
 
-def test_a_higher_priority_job_preempts_a_lower_one_which_resumes_later(
+def trainer_job(name: str) -> dict[str, Any]:
+    """The tiny random-weight Qwen3, 1 GPU, checkpoints every 10 steps, behind the queue."""
+    manifest = queued_job(name)
+    manifest["spec"].update(
+        {
+            "model": {
+                "name": "tiny-qwen3",
+                "source": {"pvc": {"claimName": "models", "path": "tiny-qwen3"}},
+            },
+            "dataset": {"train": {"pvc": {"claimName": "data", "path": "train.jsonl"}}},
+            "training": {
+                "epochs": 1,
+                "microBatchSize": 4,
+                "learningRate": 1e-3,
+                "precision": "fp32",
+                "maxSteps": 60,
+                "saveEverySteps": 10,
+            },
+            "resources": {"gpusPerNode": 1},
+            "output": {"pvc": {"claimName": "output", "path": "run"}},
+        }
+    )
+    return manifest
+
+
+class HostTrainer:
+    """A trainer pod's command run on this machine, as its kubelet would run the container:
+    the Job's args and env, the attempt's ConfigMap, local folders for the PVCs."""
+
+    def __init__(self, kubectl: Any, ns: str, job: str, pvc: Path, work: Path) -> None:
+        container = kubectl.json("get", "job", job, "-n", ns)["spec"]["template"]["spec"][
+            "containers"
+        ][0]
+        config = kubectl.json("get", "configmap", job, "-n", ns)["data"]["config.yaml"]
+        etc = work / job
+        etc.mkdir(parents=True)
+        (etc / "config.yaml").write_text(config.replace("/mnt/pvc/", f"{pvc}/"))
+        bin_dir = Path(sys.executable).parent
+        command = [
+            shutil.which(container["command"][0], path=str(bin_dir)) or "torchrun",
+            *(a.replace("/etc/kubetune/", f"{etc}/") for a in container["args"]),
+        ]
+        env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
+        env.pop("KUBETUNE_FINETUNEJOB", None)  # progress reports are the trainer e2e's subject
+        self.log = work / f"{job}.log"
+        self.proc = subprocess.Popen(
+            command,
+            env={
+                **os.environ,
+                **env,
+                "HF_HOME": str(work / "hf"),
+                "HF_HUB_OFFLINE": "1",
+                "KUBETUNE_TERMINATION_LOG": str(work / f"{job}.termination-log"),
+                "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+            },
+            stdout=self.log.open("w"),
+            stderr=subprocess.STDOUT,
+            cwd=work,
+            start_new_session=True,  # one process group: torchrun and its worker
+        )
+
+    def signal(self, sig: signal.Signals) -> None:
+        os.killpg(self.proc.pid, sig)
+
+    def wait(self, timeout: float = 600) -> int:
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.signal(signal.SIGKILL)
+            raise
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")[-3000:]
+
+
+def test_a_higher_priority_job_preempts_a_lower_one_which_resumes_from_its_checkpoint(
     kubectl: Any,
     namespace: str,
     queues: str,
     operator: OperatorProcess,  # noqa: F811
+    tiny_model_dir: Path,
+    tmp_path: Path,
     wait_until: Wait,
 ) -> None:
     ns = namespace
+    pvc = tmp_path / "pvc"
+    (pvc / "models").mkdir(parents=True)
+    (pvc / "models" / "tiny-qwen3").symlink_to(tiny_model_dir)
+    (pvc / "data").mkdir()
+    shutil.copy(REPO / "examples" / "data" / "train.jsonl", pvc / "data" / "train.jsonl")
+    checkpoints = pvc / "output" / "run" / "checkpoints"
     try:
-        start(kubectl, ns, queued_job("low"))
+        start(kubectl, ns, trainer_job("low"))
         wait_pod_running(kubectl, ns, "low", 0, wait_until, timeout=90)
         wait_phase(kubectl, ns, "low", "Running", wait_until)
+        first = HostTrainer(kubectl, ns, "low-a0", pvc, tmp_path)
+        wait_until(
+            lambda: (checkpoints.is_dir() and any(checkpoints.iterdir())) or first.proc.poll(),
+            timeout=300,
+            what="the first checkpoint of low-a0",
+        )
+        assert first.proc.poll() is None, first.output()
+        first.signal(signal.SIGSTOP)  # hold it mid-run until its pod goes, so it cannot finish
 
-        start(kubectl, ns, queued_job("urgent", priority="kubetune-urgent"))
+        urgent = queued_job("urgent", priority="kubetune-urgent")  # all 8 GPUs of the quota
+        start(kubectl, ns, urgent)
         retrying = wait_phase(kubectl, ns, "low", "Retrying", wait_until, timeout=90)
         ended, nxt = retrying["attempts"]
         assert ended["result"] == "Preempted" and "Kueue evicted" in ended["message"]
+        assert "Preempted" in ended["message"]  # Kueue's own reason
         assert "disruption 1 of 10" in nxt["reason"]  # a disruption: no retry spent
         wait_until(
-            lambda: not kubectl("get", "job", "low-a0", "-n", ns, check=False).stdout,
-            what="the evicted Job deleted (Kueue would admit it again)",
+            lambda: not trainer_pods(kubectl, ns, "low", 0),
+            what="the evicted Job and its pod gone (else Kueue would admit the Job again)",
         )
+        first.signal(signal.SIGCONT)
+        first.signal(signal.SIGTERM)  # what the kubelet sends when the pod is deleted
+        assert first.wait() == 6, first.output()  # Preempted: checkpoint written
+        stopped_at = max(int(p.name.removeprefix("step-")) for p in checkpoints.iterdir())
+        assert 0 < stopped_at < 60
+
         wait_pod_running(kubectl, ns, "urgent", 0, wait_until, timeout=90)
-        wait_queued(kubectl, ns, "low", wait_until)
+        status = wait_queued(kubectl, ns, "low", wait_until)
+        assert status["phase"] == "Retrying"
         assert not trainer_pods(kubectl, ns, "low", 1)
         assert "Preempted" in event_reasons(kubectl, ns, "low")
 
         finish(kubectl, ns, "urgent", 0, wait_until)
-        wait_pod_running(kubectl, ns, "low", 1, wait_until, timeout=90)
+        pod = wait_pod_running(kubectl, ns, "low", 1, wait_until, timeout=90)[0]
         wait_until(
             lambda: "Readmitted" in event_reasons(kubectl, ns, "low"), what="Readmitted event"
         )
-        args = kubectl.json("get", "job", "low-a1", "-n", ns)["spec"]["template"]["spec"]
-        assert args["containers"][0]["args"][-3:-1] == ["--resume", "auto"]
-        first = yaml.safe_load(
-            kubectl.json("get", "configmap", "low-a0", "-n", ns)["data"]["config.yaml"]
-        )
-        again = yaml.safe_load(
-            kubectl.json("get", "configmap", "low-a1", "-n", ns)["data"]["config.yaml"]
-        )
-        assert again == first  # unchanged: the same output folder, so its checkpoints resume
-        finish(kubectl, ns, "low", 1, wait_until)
+        second = HostTrainer(kubectl, ns, "low-a1", pvc, tmp_path)
+        assert second.wait() == 0, second.output()
+        summary = json.loads((pvc / "output" / "run" / "summary.json").read_text())
+        assert _find(summary, "resumed_from_step") == stopped_at, summary
+        finish_pod(kubectl, ns, pod["metadata"]["name"], 0)
+        done = wait_phase(kubectl, ns, "low", "Succeeded", wait_until)
+        assert [a["result"] for a in done["attempts"]] == ["Preempted", "Succeeded"]
     finally:
         delete_pvs(kubectl, ns)
+
+
+def _find(tree: Any, key: str) -> Any:
+    """The first value of `key` anywhere in a nested JSON object."""
+    if isinstance(tree, dict):
+        if key in tree:
+            return tree[key]
+        for value in tree.values():
+            found = _find(value, key)
+            if found is not None:
+                return found
+    return None

@@ -61,19 +61,20 @@ def admitted(
     obs: Observation,
     workload: Json | None,
 ) -> tuple[FineTuneJobStatus, list[Event]]:
-    """Queued turns False once the Job left the queue; Event Admitted (or Readmitted)."""
-    before = condition(status, QUEUED)
-    if before is None or before.status != "True" or obs.state in (QUEUED, "Missing"):
-        return status, []
-    if obs.failure is not None and obs.failure.reason == PREEMPTED and obs.evicted:
-        return status, []  # evicted while queued: the next attempt queues again
+    """Queued turns False once the Job left the queue (whether or not a reconcile saw it
+    waiting: Kueue may admit at once); Event Admitted (or Readmitted), once per attempt."""
+    current, before = attempts[-1], condition(status, QUEUED)
+    if not ctx.spec.scheduling.queue_name or obs.state in (QUEUED, "Missing") or obs.evicted:
+        return status, []  # evicted: the next attempt queues again
+    said = before.message or "" if before is not None and before.status == "False" else ""
+    if f"(job {current.job_name})" in said:
+        return status, []  # this attempt's admission is recorded already
     queue = admitted_to(workload)
     where = f"ClusterQueue {queue}" if queue else "Kueue"
     again = any(
         a.result == PREEMPTED and (a.message or "").startswith(KUEUE_EVICTED) for a in attempts[:-1]
     )
     reason = "Readmitted" if again else "Admitted"
-    current = attempts[-1]
     text = f"{where} admitted attempt {current.index} (job {current.job_name})" + (
         " after a preemption; it resumes from the last checkpoint" if again else ""
     )

@@ -210,3 +210,19 @@ def test_indexes_find_workloads_by_job_name() -> None:
     wl = workload(0, PENDING)
     indexes = Indexes({("ns", "faq"): [job(0, True)]}, {}, {("ns", "faq-a0"): [wl]})
     assert indexes.observed(("ns", "faq")).workloads == {"faq-a0": wl}
+
+
+def test_an_admission_no_reconcile_saw_waiting_is_recorded_once() -> None:
+    b = started()
+    p = plan(b, [job(0, False)], [running(0)], [workload(0, *ADMITTED)])
+    assert [e.reason for e in p.events] == ["Admitted", "Running"]
+    b = advance(b, p)
+    again = plan(b, [job(0, False)], [running(0)], [workload(0, *ADMITTED)])
+    assert again.events == []
+
+
+def test_no_queue_no_queued_condition() -> None:
+    b = advance(body(), plan(body()))
+    p = plan(b, [job(0, False, queue=None)], [running(0)])
+    assert all(c.type != "Queued" for c in p.status.conditions or [])
+    assert [e.reason for e in p.events] == ["Running"]

@@ -56,7 +56,16 @@ WIRE_TO_FIELD = {wire: name for name, (_, wire) in PARAMS.items()}
 
 
 def plan_search(ctx: Context, status: FineTuneJobStatus) -> Plan:
-    """The plan for a search FineTuneJob that has not ended."""
+    """The plan for a search FineTuneJob that has not ended. A trial Job Kueue evicted ends the
+    trial (Preempted) and is deleted: left suspended, Kueue would admit and run it again."""
+    running = _running(list(status.trials or []))
+    evicted = [t.job_name for t in running if _observe(ctx, t)[0].evicted]
+    plan = _plan_search(ctx, status)
+    plan.delete_jobs = [*plan.delete_jobs, *(j for j in evicted if j not in plan.delete_jobs)]
+    return plan
+
+
+def _plan_search(ctx: Context, status: FineTuneJobStatus) -> Plan:
     search = ctx.spec.search
     assert search is not None
     trials, events = _close_finished(ctx, list(status.trials or []))

@@ -226,3 +226,26 @@ def test_no_queue_no_queued_condition() -> None:
     p = plan(b, [job(0, False, queue=None)], [running(0)])
     assert all(c.type != "Queued" for c in p.status.conditions or [])
     assert [e.reason for e in p.events] == ["Running"]
+
+
+def test_search_trials_queue_too_and_an_evicted_trial_job_is_deleted() -> None:
+    from . import test_search
+
+    spec = {**test_search.SPEC, "scheduling": {"queueName": "team-a"}}
+    b = test_search.body(spec)
+    first = test_search.plan(b)
+    built = [o for o in first.apply if o["kind"] == "Job"]
+    assert [o["spec"]["suspend"] for o in built] == [True, True]
+    assert {o["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] for o in built} == {"team-a"}
+    b = test_search.advance(b, first)
+    jobs = [test_search.trial_job(first, 0), test_search.trial_job(first, 1)]
+    owner = {"apiVersion": "batch/v1", "kind": "Job", "name": "hpo-t0"}
+    evicted = workload_snapshot(
+        {
+            "metadata": {"name": "job-hpo-t0-1", "ownerReferences": [owner]},
+            "status": {"conditions": [*ADMITTED, EVICTED]},
+        }
+    )
+    p = plan_reconcile(b, Observed(jobs, [], {"hpo-t0": evicted}), Settings(), NOW)
+    assert p.delete_jobs == ["hpo-t0"]
+    assert (p.status.trials or [])[0].result == PREEMPTED

@@ -92,6 +92,10 @@ leaderElection:
   leaderElect: false
 internalCertManagement:
   enable: false
+# The on-demand visibility API (pending positions, an aggregated API server) reads its serving
+# certificate from /visibility and needs an APIService; not used here, so off.
+featureGates:
+  VisibilityOnDemand: false
 integrations:
   frameworks:
   - batch/job

@@ -87,12 +87,11 @@ async def workload_changed(
     namespace: str | None,
     body: kopf.Body,
     logger: Logger | LoggerAdapter[Any],
-    ftj_job_owners: kopf.Index[tuple[str | None, str], tuple[str, str]],
     **kwargs: Any,
 ) -> None:
-    job = owner_job(dict(body))
+    job, owners = owner_job(dict(body)), kwargs["ftj_job_owners"]
     runner = PARTS.get().runner
-    for key in ftj_job_owners.get((namespace, job), []) if job else []:
+    for key in owners.get((namespace, job), []) if job else []:
         await runner.handle(
             key, _indexes(kwargs), trigger="workload", delay=CHILD_DEBOUNCE, logger=logger
         )

@@ -237,6 +237,7 @@ class HostTrainer:
         env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
         env.pop("KUBETUNE_FINETUNEJOB", None)  # progress reports are the trainer e2e's subject
         self.log = work / f"{job}.log"
+        self.termination_log = work / f"{job}.termination-log"
         self.proc = subprocess.Popen(
             command,
             env={
@@ -244,7 +245,7 @@ class HostTrainer:
                 **env,
                 "HF_HOME": str(work / "hf"),
                 "HF_HUB_OFFLINE": "1",
-                "KUBETUNE_TERMINATION_LOG": str(work / f"{job}.termination-log"),
+                "KUBETUNE_TERMINATION_LOG": str(self.termination_log),
                 "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
             },
             stdout=self.log.open("w"),
@@ -308,8 +309,10 @@ def test_a_higher_priority_job_preempts_a_lower_one_which_resumes_from_its_check
             what="the evicted Job and its pod gone (else Kueue would admit the Job again)",
         )
         first.signal(signal.SIGCONT)
-        first.signal(signal.SIGTERM)  # what the kubelet sends when the pod is deleted
-        assert first.wait() == 6, first.output()  # Preempted: checkpoint written
+        first.proc.send_signal(signal.SIGTERM)  # the kubelet's, to torchrun (the container's)
+        first.wait()
+        said = json.loads(first.termination_log.read_text())  # what the operator would read
+        assert said["reason"] == "Preempted", first.output()  # checkpoint written, then exit
         stopped_at = max(int(p.name.removeprefix("step-")) for p in checkpoints.iterdir())
         assert 0 < stopped_at < 60
 

@@ -91,7 +91,7 @@ async def workload_changed(
 ) -> None:
     job, owners = owner_job(dict(body)), kwargs["ftj_job_owners"]
     runner = PARTS.get().runner
-    for key in owners.get((namespace, job), []) if job else []:
+    for key in list(owners.get((namespace, job), [])) if job else []:  # awaits change it
         await runner.handle(
             key, _indexes(kwargs), trigger="workload", delay=CHILD_DEBOUNCE, logger=logger
         )

@@ -193,7 +193,7 @@ def test_a_2_node_job_that_does_not_fit_is_not_started_at_all(
 
 
 def trainer_job(name: str) -> dict[str, Any]:
-    """The tiny random-weight Qwen3, 1 GPU, checkpoints every 10 steps, behind the queue."""
+    """The tiny random-weight Qwen3, 1 GPU, checkpoints every 5 steps, behind the queue."""
     manifest = queued_job(name)
     manifest["spec"].update(
         {
@@ -207,8 +207,8 @@ def trainer_job(name: str) -> dict[str, Any]:
                 "microBatchSize": 4,
                 "learningRate": 1e-3,
                 "precision": "fp32",
-                "maxSteps": 60,
-                "saveEverySteps": 10,
+                "maxSteps": 30,
+                "saveEverySteps": 5,
             },
             "resources": {"gpusPerNode": 1},
             "output": {"pvc": {"claimName": "output", "path": "run"}},
@@ -314,7 +314,7 @@ def test_a_higher_priority_job_preempts_a_lower_one_which_resumes_from_its_check
         said = json.loads(first.termination_log.read_text())  # what the operator would read
         assert said["reason"] == "Preempted", first.output()  # checkpoint written, then exit
         stopped_at = max(int(p.name.removeprefix("step-")) for p in checkpoints.iterdir())
-        assert 0 < stopped_at < 60
+        assert 0 < stopped_at < 30
 
         wait_pod_running(kubectl, ns, "urgent", 0, wait_until, timeout=90)
         status = wait_queued(kubectl, ns, "low", wait_until)

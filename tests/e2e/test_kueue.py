@@ -1,7 +1,7 @@
 """FineTuneJobs behind a real Kueue (hack/cluster.sh with KUBETUNE_KUEUE=1; skipped without it).
 
 Each test gets its own ClusterQueue with 8 GPUs of quota and a LocalQueue `team-a` in its
-namespace, made from manifests/examples/kueue-queues.yaml; the FineTuneJobs come from
+namespace, made from manifests/kueue/queues.yaml; the FineTuneJobs come from
 manifests/examples/finetunejob-queued.yaml. kwok's nodes hold 2 x 8 GPUs, so only Kueue's quota
 keeps a Job waiting:
 - two 8-GPU jobs: one runs, the other waits with Kueue's reason in its status (and `kubectl get
@@ -32,7 +32,6 @@ from typing import Any
 import pytest
 import yaml
 from operator_helpers import (
-    EXAMPLES,
     REPO,
     OperatorProcess,
     claims_of,
@@ -51,7 +50,7 @@ from operator_helpers import (
 
 pytestmark = pytest.mark.e2e
 Wait = Callable[..., Any]
-QUEUES = EXAMPLES / "kueue-queues.yaml"
+QUEUES = REPO / "manifests" / "kueue" / "queues.yaml"
 
 
 @pytest.fixture

@@ -26,6 +26,8 @@
 #   KUBETUNE_BRIDGE, KUBETUNE_NODE_NET, KUBETUNE_KUBELET_PORT   real node's bridge, /24, ports
 #                                                               (ktbr0, 10.251.7, 20250)
 #   KUBETUNE_IMAGE_DIR, KUBETUNE_IMAGE_CACHE_GB  image stores and their cap (images/, 40)
+#   KUBETUNE_KUEUE=1         also run a real Kueue (hack/lib/kueue.sh); KUBETUNE_KUEUE_PORT
+#                            its health port, +1 metrics, +2 webhook   (20281)
 # Ports sit below Linux's ephemeral range (32768+) so outgoing connections never take them.
 # shellcheck source-path=SCRIPTDIR
 set -euo pipefail
@@ -61,6 +63,9 @@ source "$HACK_DIR/lib/nodes.sh"
 source "$HACK_DIR/lib/images.sh"
 # shellcheck source=lib/realnode.sh
 source "$HACK_DIR/lib/realnode.sh"
+# shellcheck source=lib/kueue.sh
+source "$HACK_DIR/lib/kueue.sh"
+if kueue_enabled; then COMPONENTS+=(kueue); fi
 
 BIN_DIR="$KUBETUNE_CACHE/bin/$(bin_version)"
 PKI_DIR="$CLUSTER_DIR/pki"
@@ -237,12 +242,13 @@ ensure_binaries() {
     build_binaries "$BIN_DIR" "$KUBETUNE_CACHE/logs/build-$(bin_version).log"
     info "binaries: built in $((SECONDS - start))s into $BIN_DIR"
   fi
+  if kueue_enabled; then ensure_kueue; fi
 }
 
 check_ports_free() {
   local port
   for port in "$ETCD_PORT" "$((ETCD_PORT + 1))" "$KCM_PORT" "$SCHEDULER_PORT" "$KWOK_PORT" \
-              "$S3_PORT"; do
+              "$S3_PORT" $(if kueue_enabled; then kueue_ports; fi); do
     port_free "$port" || die "127.0.0.1:$port is taken by another process; override the KUBETUNE_*_PORT settings (see the top of $0)"
   done
   port_free "$APISERVER_PORT" "$APISERVER_HOST" ||
@@ -307,7 +313,8 @@ cmd_up() {
   if real_nodes_on; then start_real_node; fi
   # Pods need their namespace's default service account, made by the controller-manager.
   wait_until 60 "default service account" kubectl_admin get serviceaccount default -n default
-  info "started in $((SECONDS - start))s: $GPU_NODES GPU node(s) x $GPUS_PER_NODE GPUs, $CPU_NODES CPU node(s), $(real_nodes_on && echo "1 real node ($REAL_NODE_NAME)" || echo "no real node")"
+  if kueue_enabled; then start_kueue; fi
+  info "started in $((SECONDS - start))s: $GPU_NODES GPU node(s) x $GPUS_PER_NODE GPUs, $CPU_NODES CPU node(s), $(real_nodes_on && echo "1 real node ($REAL_NODE_NAME)" || echo "no real node")$(kueue_enabled && echo ", Kueue")"
   info "use it: eval \"\$($0 env)\""
 }
 
@@ -369,7 +376,7 @@ main() {
     down) cmd_down ;;
     status) cmd_status ;;
     env) cmd_env ;;
-    *) sed -n '2,29p' "$0" >&2; exit 2 ;;
+    *) sed -n '2,31p' "$0" >&2; exit 2 ;;
   esac
 }
 

@@ -17,6 +17,7 @@ from pydantic import Field, field_validator, model_validator
 import kubetune_api.formats as formats
 from kubetune_api.base import ApiModel
 from kubetune_api.extras import AugmentationSpec, SearchSpec
+from kubetune_api.scheduling import SchedulingSpec
 from kubetune_api.storage import StorageSpec, check_uri
 
 DEFAULT_TARGET_MODULES = [
@@ -513,6 +514,10 @@ class FineTuneJobSpec(ApiModel):
     output: OutputSpec = Field(default_factory=OutputSpec, description="Where results go.")
     storage: StorageSpec | None = Field(
         default=None, description="How the pods reach the object store of s3:// URIs."
+    )
+    scheduling: SchedulingSpec = Field(
+        default_factory=SchedulingSpec,
+        description="Kueue queue, priority class, extra labels and annotations of the Jobs.",
     )
     retry: RetrySpec = Field(default_factory=RetrySpec, description="Automatic retries.")
     suspend: bool = Field(

@@ -29,11 +29,12 @@ from operator_helpers import (
 )
 
 pytestmark = pytest.mark.e2e
-# A search example runs trials instead of attempts: test_finetunejob_search.py drives it.
+# A search example runs trials instead of attempts: test_finetunejob_search.py drives it; a
+# queued one waits for Kueue: test_kueue.py drives it.
 NAMES = sorted(
     p.stem.removeprefix("finetunejob-")
     for p in EXAMPLES.glob("finetunejob-*.yaml")
-    if "search" not in yaml.safe_load(p.read_text())["spec"]
+    if not {"search", "scheduling"} & set(yaml.safe_load(p.read_text())["spec"])
 )
 
 
@@ -103,11 +104,11 @@ def test_example_creates_exactly_its_children_and_schedules_on_gpus(
         assert status["conditions"]
 
         header = kubectl("get", "ftj", "-n", namespace).stdout.splitlines()[0].split()
-        assert header == ["NAME", "PHASE", "PROGRESS", "LOSS", "EVAL-LOSS", "ETA", "AGE"]
+        assert header == ["NAME", "PHASE", "PROGRESS", "LOSS", "EVAL-LOSS", "ETA", "QUEUED", "AGE"]
         row = kubectl("get", "ftj", name, "-n", namespace, "--no-headers").stdout.split()
         assert row[:2] == [name, "Running"]
         wide = kubectl("get", "ftj", "-n", namespace, "-o", "wide").stdout.splitlines()[0].split()
-        assert {"METHOD", "MODEL", "GPUS", "STEP", "ATTEMPTS", "MESSAGE"} <= set(wide)
+        assert {"QUEUE", "METHOD", "MODEL", "GPUS", "STEP", "ATTEMPTS", "MESSAGE"} <= set(wide)
     finally:
         delete_and_wait(kubectl, namespace, name, wait_until)
         delete_pvs(kubectl, namespace)

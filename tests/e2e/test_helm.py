@@ -201,6 +201,9 @@ def test_service_account_has_no_more_than_it_needs(kubectl: Any, release: Releas
     assert not can("delete", "finetunejobs.kubetune.io", "-n", "anywhere")
     assert not can("create", "clusterroles")
     assert not can("update", "deployments.apps", "-n", release.namespace)
+    assert can("watch", "workloads.kueue.x-k8s.io", "-n", "anywhere")  # Kueue: read only
+    assert not can("get", "workloads.kueue.x-k8s.io", "-n", "anywhere")
+    assert not can("patch", "workloads.kueue.x-k8s.io", "-n", "anywhere")
 
 
 def test_operator_with_chart_token_runs_a_finetunejob(

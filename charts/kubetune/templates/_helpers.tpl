@@ -95,6 +95,8 @@ Roles (watchNamespaces). Derived from what operator/kubetune_operator does:
                PATCH modeldeployments/status; server-side apply of Deployments, Services and
                the adapter ConfigMaps, list + delete of those no longer in the spec; watches
                Deployments
+  finetune/    Kueue Workloads: indexed and watched (list/watch, read only) for the reason a
+               queued Job waits, its admission and its eviction (spec.scheduling.queueName)
 */}}
 {{- define "kubetune.namespacedRules" -}}
 - apiGroups: [kubetune.io]
@@ -130,6 +132,9 @@ Roles (watchNamespaces). Derived from what operator/kubetune_operator does:
 - apiGroups: [""]
   resources: [services, configmaps]
   verbs: [list, delete]
+- apiGroups: [kueue.x-k8s.io]
+  resources: [workloads]
+  verbs: [list, watch]
 {{- end }}
 
 {{/* Operator flags: scope, ports, peering. */}}

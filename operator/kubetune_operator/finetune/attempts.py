@@ -62,13 +62,19 @@ def succeeded_output(ctx: Context, attempt: int, step: int | None) -> OutputStat
 
 
 def failed_attempt(
-    ctx: Context, status: FineTuneJobStatus, attempts: list[Attempt], failure: Failure
+    ctx: Context,
+    status: FineTuneJobStatus,
+    attempts: list[Attempt],
+    failure: Failure,
+    delete: list[str] | None = None,
 ) -> Plan:
+    """The next attempt, or the job's failure; `delete`: Jobs to delete either way (one Kueue
+    evicted: left suspended, Kueue would admit it again)."""
     current = attempts[-1]
     failed, disruptions = count_endings([a.result for a in attempts[:-1]], failure.reason)
     decision = decide_retry(ctx.spec, failure, dict(current.changes or {}), failed, disruptions)
     if not decision.retry:
-        return fail(ctx, status, attempts, failure, decision.note)
+        return fail(ctx, status, attempts, failure, decision.note, delete)
     ended = _ended(current, failure, ctx.now)
     note = f"{failure.reason} on attempt {current.index}: {decision.note}"
     nxt = new_attempt(ctx, current.index + 1, decision.overrides, note)
@@ -93,7 +99,7 @@ def failed_attempt(
         Event("Warning", failure.reason, _attempt_failed(current, failure)),
         Event("Normal", "AttemptStarted", started_message(nxt)),
     ]
-    return Plan(new, build_children(ctx.owner, ctx.spec, nxt, ctx.settings), [], events)
+    return Plan(new, build_children(ctx.owner, ctx.spec, nxt, ctx.settings), delete or [], events)
 
 
 def _ended(attempt: Attempt, failure: Failure, now: datetime) -> Attempt:

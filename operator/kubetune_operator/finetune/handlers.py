@@ -2,6 +2,9 @@
 
 - a FineTuneJob is created, changed or found at startup: a full reconcile (every child applied);
 - a Job or pod labelled `kubetune.io/finetunejob` changes: a reconcile after a short debounce;
+- a Kueue Workload of one of those Jobs changes (admitted, evicted, its pending reason): the
+  same debounced reconcile; Workloads are indexed by (namespace, Job name) and mapped back to
+  their FineTuneJob through the Jobs' own index. Without Kueue's CRDs kopf skips them;
 - every FineTuneJob watch event feeds the runner's body cache and the phase metrics.
 Children are indexed in memory (kopf indexes), so a reconcile reads only its FineTuneJob from
 the API. Handlers never return values (kopf would store them in `status`). Registered at import
@@ -20,6 +23,10 @@ import kopf
 from kubetune_operator import names
 from kubetune_operator.finetune.observe import job_snapshot, pod_snapshot
 from kubetune_operator.finetune.plan_types import Indexes
+from kubetune_operator.finetune.queue import GROUP as KUEUE
+from kubetune_operator.finetune.queue import PLURAL as WORKLOADS
+from kubetune_operator.finetune.queue import VERSION as KUEUE_VERSION
+from kubetune_operator.finetune.queue import owner_job, workload_snapshot
 from kubetune_operator.metrics import OperatorMetrics
 from kubetune_operator.runner import Runner
 from kubetune_operator.state import Slot
@@ -49,7 +56,7 @@ def _owner_key(namespace: str | None, annotations: Mapping[str, str]) -> tuple[s
 
 
 def _indexes(kwargs: Mapping[str, Any]) -> Indexes:
-    return Indexes(kwargs["ftj_jobs"], kwargs["ftj_pods"])
+    return Indexes(kwargs["ftj_jobs"], kwargs["ftj_pods"], kwargs.get("ftj_workloads", {}))
 
 
 @kopf.index("batch", "v1", "jobs", id="ftj_jobs", labels=CHILDREN)
@@ -58,6 +65,36 @@ async def ftj_jobs(
 ) -> Any:
     key = _owner_key(namespace, annotations)
     return {key: job_snapshot(dict(body))} if key else None
+
+
+@kopf.index("batch", "v1", "jobs", id="ftj_job_owners", labels=CHILDREN)
+async def ftj_job_owners(
+    *, namespace: str | None, name: str, annotations: Mapping[str, str], **_: Any
+) -> Any:
+    key = _owner_key(namespace, annotations)
+    return {(namespace, name): key} if key else None
+
+
+@kopf.index(KUEUE, KUEUE_VERSION, WORKLOADS, id="ftj_workloads")
+async def ftj_workloads(*, namespace: str | None, body: kopf.Body, **_: Any) -> Any:
+    job = owner_job(dict(body))
+    return {(namespace, job): workload_snapshot(dict(body))} if job else None
+
+
+@kopf.on.event(KUEUE, KUEUE_VERSION, WORKLOADS, id="workload")
+async def workload_changed(
+    *,
+    namespace: str | None,
+    body: kopf.Body,
+    logger: Logger | LoggerAdapter[Any],
+    **kwargs: Any,
+) -> None:
+    job, owners = owner_job(dict(body)), kwargs["ftj_job_owners"]
+    runner = PARTS.get().runner
+    for key in list(owners.get((namespace, job), [])) if job else []:  # awaits change it
+        await runner.handle(
+            key, _indexes(kwargs), trigger="workload", delay=CHILD_DEBOUNCE, logger=logger
+        )
 
 
 @kopf.index("", "v1", "pods", id="ftj_pods", labels=CHILDREN)

@@ -2,13 +2,15 @@
 
 `job_snapshot` and `pod_snapshot` keep the few fields the operator needs (the handlers index
 them in memory, so reconciling reads no lists from the API server). `observe_attempt` turns the
-snapshots of one attempt into an `Observation`: Missing, Pending (Unschedulable,
+snapshots of one attempt into an `Observation`: Missing, Queued (a Job suspended until Kueue
+admits it, with Kueue's reason from its Workload: `queue`), Pending (Unschedulable,
 ImagePullBackOff, ...), Running, Succeeded or Failed with a `Failure` parsed from the trainer's
 termination message (`{"reason": "OutOfMemory", "exitCode": 4, "step": ..., ...}`), its exit
 code, or the container's own reason (`OOMKilled`). A disruption reads as `Preempted` whatever the
 exit: the trainer's own exit 6, a pod with the `DisruptionTarget` condition (preemption,
 eviction, drain, taint), or the Job failed by the podFailurePolicy rule that matched one of them
-(`build.job.POD_FAILURE_POLICY`: the pod may be gone by then). A search trial's children carry a trial
+(`build.job.POD_FAILURE_POLICY`: the pod may be gone by then), or Kueue evicted the Job's
+Workload (preemption by a higher priority). A search trial's children carry a trial
 label instead of an attempt label, and `succeeded_eval_loss` reads a finished trial's result
 from its pod. Called by `plan`, `search` and `handlers` (the snapshots).
 """
@@ -18,9 +20,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from kubetune_api.scheduling import QUEUE_LABEL
 from kubetune_api.termination import EXIT_REASONS, PREEMPTED, SUCCEEDED, TerminationReason
 from kubetune_operator import names
 from kubetune_operator.finetune.failure import Failure
+from kubetune_operator.finetune.queue import eviction, waiting
 from kubetune_operator.names import TRAINER_CONTAINER
 
 # Why a pod can wait for good: these become the failure reason once pendingTimeoutSeconds passes.
@@ -28,7 +32,7 @@ PENDING_REASONS = ("Unschedulable", "ImagePullBackOff", "ErrImagePull", "Invalid
 PULL_ERRORS = frozenset(
     {"ImagePullBackOff", "ErrImagePull", "InvalidImageName", "CreateContainerConfigError"}
 )
-State = Literal["Missing", "Pending", "Running", "Succeeded", "Failed"]
+State = Literal["Missing", "Queued", "Pending", "Running", "Succeeded", "Failed"]
 Json = dict[str, Any]
 
 
@@ -41,6 +45,7 @@ class Observation:
     message: str = ""
     failure: Failure | None = None
     scheduled: bool = False
+    evicted: bool = False  # Kueue took the Job back: delete it, or Kueue admits it again
 
 
 def _index(meta: Json, label: str = names.LABEL_ATTEMPT) -> int:
@@ -59,6 +64,8 @@ def job_snapshot(body: Json) -> Json:
         "attempt": _index(meta),
         "trial": _index(meta, names.LABEL_TRIAL),
         "params": meta.get("annotations", {}).get(names.ANNOTATION_PARAMS),
+        "suspended": bool((body.get("spec") or {}).get("suspend")),
+        "queue": meta.get("labels", {}).get(QUEUE_LABEL),
         "conditions": [
             {k: c.get(k) for k in ("type", "status", "reason", "message")}
             for c in status.get("conditions") or []
@@ -184,12 +191,38 @@ def _pending(pods: list[Json]) -> Observation | None:
     return None
 
 
-def observe_attempt(job: Json | None, pods: list[Json], nodes: int) -> Observation:
-    """The state of one attempt from its Job and pods (snapshots)."""
+def _queued(job: Json, pods: list[Json], workload: Json | None) -> Observation | None:
+    """A Job under Kueue: evicted (a disruption, before any pod failure it causes: Kueue stops
+    the pods by suspending the Job), or still suspended, waiting for admission."""
+    evicted = eviction(workload)
+    if evicted is not None:
+        why = f"Kueue evicted workload {workload and workload['name']}: {evicted[0]}: {evicted[1]}"
+        failed = [p for p in pods if _failed(p)]
+        own = _best_failure(failed) if failed else Failure(PREEMPTED)
+        if own.reason != PREEMPTED:  # the trainer's own checkpoint line, when it wrote one
+            own = Failure(PREEMPTED)
+        failure = Failure(PREEMPTED, why, own.exit_code, own.step, own.checkpoint)
+        return Observation("Failed", "Evicted", failure=failure, evicted=True)
+    if not job.get("suspended"):
+        return None
+    if any(_failed(p) for p in pods):  # stopped by a suspension we did not ask for
+        why = f"Kueue evicted Job {job['name']}: it suspended the Job and its pods were stopped"
+        return Observation("Failed", "Evicted", failure=Failure(PREEMPTED, why), evicted=True)
+    reason, message = waiting(workload, job["name"], job.get("queue"))
+    return Observation("Queued", reason, message)
+
+
+def observe_attempt(
+    job: Json | None, pods: list[Json], nodes: int, workload: Json | None = None
+) -> Observation:
+    """The state of one attempt from its Job, pods and Kueue Workload (snapshots)."""
     if job is None:
         return Observation("Missing", "JobNotFound")
     if _condition(job["conditions"], "Complete").get("status") == "True":
         return Observation("Succeeded", "Completed", scheduled=True)
+    queued = _queued(job, pods, workload) if job.get("queue") else None
+    if queued is not None:
+        return queued
     failed = [p for p in pods if _failed(p)]
     if failed:
         return Observation("Failed", "PodFailed", failure=_best_failure(failed), scheduled=True)

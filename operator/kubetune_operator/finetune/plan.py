@@ -6,8 +6,9 @@
     spec.search            -> a hyperparameter search: trial Jobs instead of attempts (`search`)
     no attempt yet         -> attempt 0: RBAC, ConfigMap and Job (+ headless Service)
     spec.suspend           -> delete the running Job (checkpoints stay), Suspended
-    current attempt        -> observe its Job and pods: Pending (timeout?), Running, Succeeded,
-                              or Failed -> `retry.decide_retry` -> next attempt or Failed
+    current attempt        -> observe its Job and pods: Queued (Kueue: `admission`), Pending
+                              (timeout?), Running, Succeeded, or Failed -> `retry.decide_retry`
+                              -> next attempt or Failed (a Kueue eviction: its Job is deleted)
 The plan lists objects to apply, Jobs to delete, the operator's share of the status and the
 Events to post. It reads no clock and no API: `reconcile` passes `now` and the observed
 snapshots, and carries the plan out. Same inputs, same plan, so a restart never duplicates.
@@ -21,6 +22,7 @@ from typing import Any
 
 from kubetune_api.errors import ConfigError
 from kubetune_api.status import Attempt, FineTuneJobStatus
+from kubetune_operator.finetune.admission import admitted, queued_status
 from kubetune_operator.finetune.attempts import fail, failed_attempt, succeeded
 from kubetune_operator.finetune.build.children import build_children
 from kubetune_operator.finetune.failure import Failure
@@ -35,6 +37,7 @@ from kubetune_operator.finetune.plan_types import (
 )
 from kubetune_operator.finetune.preflight import CONDITION as MEMORY_CONDITION
 from kubetune_operator.finetune.preflight import MemoryCheck, check_memory
+from kubetune_operator.finetune.queue import with_queue
 from kubetune_operator.finetune.search import plan_search
 from kubetune_operator.finetune.validation import parse_spec
 from kubetune_operator.owner import Owner
@@ -61,7 +64,7 @@ def plan_reconcile(
     status = parse_status(body.get("status"))
     generation = body.get("metadata", {}).get("generation")
     try:
-        spec = parse_spec(body.get("spec"))
+        spec = with_queue(parse_spec(body.get("spec")), body)
     except ConfigError as err:
         return _invalid(status, err, now, generation)
     status = status.model_copy(update={"observed_generation": generation})
@@ -200,17 +203,34 @@ def _suspend(ctx: Context, status: FineTuneJobStatus, attempts: list[Attempt]) -
 def _observe(ctx: Context, attempt: Attempt) -> tuple[Observation, Json | None]:
     job = next((j for j in ctx.observed.jobs if j["attempt"] == attempt.index), None)
     pods = [p for p in ctx.observed.pods if p["attempt"] == attempt.index]
-    return observe_attempt(job, pods, ctx.spec.resources.nodes), job
+    return observe_attempt(job, pods, ctx.spec.resources.nodes, ctx.observed.workload(job)), job
 
 
 def _follow(ctx: Context, status: FineTuneJobStatus, attempts: list[Attempt]) -> Plan:
+    obs, job = _observe(ctx, attempts[-1])
+    status, events = admitted(ctx, status, attempts, obs, ctx.observed.workload(job))
+    plan = _follow_state(ctx, status, attempts, obs, job)
+    plan.events = events + plan.events
+    return plan
+
+
+def _follow_state(
+    ctx: Context,
+    status: FineTuneJobStatus,
+    attempts: list[Attempt],
+    obs: Observation,
+    job: Json | None,
+) -> Plan:
     current = attempts[-1]
-    obs, job = _observe(ctx, current)
     if obs.state == "Succeeded":
         return succeeded(ctx, status, attempts)
     if obs.state == "Failed":
         assert obs.failure is not None
-        return failed_attempt(ctx, status, attempts, obs.failure)
+        delete = [current.job_name] if obs.evicted else []  # else Kueue would admit it again
+        return failed_attempt(ctx, status, attempts, obs.failure, delete)
+    if obs.state == "Queued":
+        queued, events = queued_status(ctx, status, attempts, obs)
+        return Plan(queued, _missing_children(ctx, current, job), events=events)
     if obs.state in ("Pending", "Missing") and _pending_too_long(ctx, current):
         failure = Failure(
             obs.reason if obs.reason in PENDING_REASONS else "PendingTimeout",
@@ -218,13 +238,20 @@ def _follow(ctx: Context, status: FineTuneJobStatus, attempts: list[Attempt]) ->
         )
         return fail(ctx, status, attempts, failure, "", delete=[current.job_name])
     plan = Plan(_progressing(ctx, status, attempts, obs))
-    if job is None or ctx.full:
-        children = build_children(ctx.owner, ctx.spec, current, ctx.settings)
-        plan.apply = [c for c in children if job is None or c["kind"] != "Job"]
+    plan.apply = _missing_children(ctx, current, job)
     plan.events = _transition_events(status, plan.status, obs)
     if obs.state in ("Pending", "Missing"):
         plan.requeue_after = pending_left(ctx, current.start_time)
     return plan
+
+
+def _missing_children(ctx: Context, current: Attempt, job: Json | None) -> list[Json]:
+    """Every child again on a full reconcile (the Job only when it is gone: never re-applied,
+    so Kueue's unsuspend and its scheduling changes stay)."""
+    if job is not None and not ctx.full:
+        return []
+    children = build_children(ctx.owner, ctx.spec, current, ctx.settings)
+    return [c for c in children if job is None or c["kind"] != "Job"]
 
 
 def _pending_too_long(ctx: Context, attempt: Attempt) -> bool:

@@ -25,21 +25,31 @@ Key = tuple[str, str]
 
 @dataclass(frozen=True)
 class Observed:
-    """Snapshots (see `observe`) of this FineTuneJob's Jobs and pods."""
+    """Snapshots (see `observe`, `queue`) of this FineTuneJob's Jobs, pods and Workloads."""
 
     jobs: list[Json] = field(default_factory=list)
     pods: list[Json] = field(default_factory=list)
+    workloads: dict[str, Json] = field(default_factory=dict)  # Kueue's, by Job name (`queue`)
+
+    def workload(self, job: Json | None) -> Json | None:
+        return self.workloads.get(job["name"]) if job else None
 
 
 @dataclass
 class Indexes:
-    """In-memory snapshots of children, keyed by (namespace, FineTuneJob name) (kopf indexes)."""
+    """In-memory snapshots of children, keyed by (namespace, FineTuneJob name) (kopf indexes);
+    Kueue's Workloads by (namespace, Job name)."""
 
     jobs: Mapping[Key, Iterable[Json]]
     pods: Mapping[Key, Iterable[Json]]
+    workloads: Mapping[Key, Iterable[Json]] = field(default_factory=dict)  # by (ns, Job name)
 
     def observed(self, key: Key) -> Observed:
-        return Observed(list(self.jobs.get(key, [])), list(self.pods.get(key, [])))
+        jobs = list(self.jobs.get(key, []))
+        workloads = {
+            j["name"]: w for j in jobs for w in self.workloads.get((key[0], j["name"]), [])
+        }
+        return Observed(jobs, list(self.pods.get(key, [])), workloads)
 
 
 @dataclass

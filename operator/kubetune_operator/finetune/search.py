@@ -56,7 +56,16 @@ WIRE_TO_FIELD = {wire: name for name, (_, wire) in PARAMS.items()}
 
 
 def plan_search(ctx: Context, status: FineTuneJobStatus) -> Plan:
-    """The plan for a search FineTuneJob that has not ended."""
+    """The plan for a search FineTuneJob that has not ended. A trial Job Kueue evicted ends the
+    trial (Preempted) and is deleted: left suspended, Kueue would admit and run it again."""
+    running = _running(list(status.trials or []))
+    evicted = [t.job_name for t in running if _observe(ctx, t)[0].evicted]
+    plan = _plan_search(ctx, status)
+    plan.delete_jobs = [*plan.delete_jobs, *(j for j in evicted if j not in plan.delete_jobs)]
+    return plan
+
+
+def _plan_search(ctx: Context, status: FineTuneJobStatus) -> Plan:
     search = ctx.spec.search
     assert search is not None
     trials, events = _close_finished(ctx, list(status.trials or []))
@@ -85,7 +94,8 @@ def _running(trials: list[Trial]) -> list[Trial]:
 def _observe(ctx: Context, trial: Trial) -> tuple[Observation, Json | None, list[Json]]:
     job = next((j for j in ctx.observed.jobs if j.get("trial") == trial.index), None)
     pods = [p for p in ctx.observed.pods if p.get("trial") == trial.index]
-    return observe_attempt(job, pods, ctx.spec.resources.nodes), job, pods
+    obs = observe_attempt(job, pods, ctx.spec.resources.nodes, ctx.observed.workload(job))
+    return obs, job, pods
 
 
 def _close_finished(ctx: Context, trials: list[Trial]) -> tuple[list[Trial], list[Event]]:
@@ -299,7 +309,7 @@ def _searching(ctx: Context, status: FineTuneJobStatus, trials: list[Trial]) -> 
     assert search is not None
     observations = [_observe(ctx, t)[0] for t in _running(trials)]
     running = any(o.state == "Running" for o in observations)
-    waiting = next((o for o in observations if o.state == "Pending" and o.reason), None)
+    waiting = next((o for o in observations if o.state in ("Pending", "Queued") and o.reason), None)
     conditions = list(status.conditions or [])
     if status.phase == "Suspended":
         conditions = set_condition(conditions, "Suspended", False, "Resumed", "", ctx.now)

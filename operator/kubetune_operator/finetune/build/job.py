@@ -13,7 +13,10 @@ tell a disruption from a failure even when the pod is gone; the pod gets
 FineTuneJob's uid: the trainer resumes only checkpoints of the same run, so a FineTuneJob
 re-created under the same name never inherits the old one's output. A search trial's Job (`Run` with
 `trial=True`) is the same pod without the status-reporting environment or a ServiceAccount token.
-Called by `children`.
+With `spec.scheduling.queueName` the Job carries Kueue's `kueue.x-k8s.io/queue-name` label and
+is created suspended, so Kueue admits it as one workload (every pod of a multi-node job, or
+none); `priorityClassName` goes on the pods (Kueue reads the workload's priority from it), and
+the spec's extra labels and annotations on the Job and its pods. Called by `children`.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import copy
 from typing import Any
 
 from kubetune_api.finetune import FineTuneJobSpec
+from kubetune_api.scheduling import QUEUE_LABEL
 from kubetune_api.termination import ExitCode
 from kubetune_operator import names
 from kubetune_operator.finetune.build.mounts import (
@@ -192,7 +196,18 @@ def _pod_spec(owner: Owner, spec: FineTuneJobSpec, run: names.Run, settings: Set
         pod["tolerations"] = tolerations
     if spec.resources.nodes > 1:
         pod["subdomain"] = names.service_name(owner.name)
+    if spec.scheduling.priority_class_name:
+        pod["priorityClassName"] = spec.scheduling.priority_class_name
     return pod
+
+
+def _with_user_meta(meta: Json, spec: FineTuneJobSpec) -> Json:
+    """`meta` plus spec.scheduling's labels and annotations (ours win; the schema refuses
+    clashing keys anyway)."""
+    extra = spec.scheduling
+    meta["labels"] = {**(extra.labels or {}), **meta["labels"]}
+    meta["annotations"] = {**(extra.annotations or {}), **meta["annotations"]}
+    return meta
 
 
 def build_job(
@@ -209,15 +224,21 @@ def build_job(
     meta = owner.child_meta(name, "trainer", **run.label_kwargs())
     if config_hash:
         meta["annotations"][names.ANNOTATION_HASH] = config_hash
-    template_meta = {
-        "labels": run.labels(owner.name, "trainer"),
-        "annotations": dict(meta["annotations"]),
-    }
+    template_meta = _with_user_meta(
+        {"labels": run.labels(owner.name, "trainer"), "annotations": dict(meta["annotations"])},
+        spec,
+    )
+    meta = _with_user_meta(meta, spec)
+    queue = spec.scheduling.queue_name
+    if queue:
+        meta["labels"][QUEUE_LABEL] = queue
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
         "metadata": meta,
         "spec": {
+            # Queued: created suspended, Kueue unsuspends it on admission (all pods at once).
+            **({"suspend": True} if queue else {}),
             "backoffLimit": 0,
             "podFailurePolicy": copy.deepcopy(POD_FAILURE_POLICY),
             "completions": nodes,

@@ -14,10 +14,10 @@ def ids(kind: str, module: str = handlers.__name__) -> list[str]:
     return sorted(h.id for h in found if h.fn.__module__ == module)
 
 
-def test_register_watches_finetunejobs_and_their_jobs_and_pods() -> None:
+def test_register_watches_finetunejobs_their_jobs_pods_and_kueue_workloads() -> None:
     assert ids("_changing") == ["reconcile", "reconcile", "reconcile"]  # create, update, resume
-    assert ids("_watching") == ["job", "phase", "pod"]
-    assert ids("_indexing") == ["ftj_jobs", "ftj_pods"]
+    assert ids("_watching") == ["job", "phase", "pod", "workload"]
+    assert ids("_indexing") == ["ftj_job_owners", "ftj_jobs", "ftj_pods", "ftj_workloads"]
     assert ids("_activities") == ["cleanup", "finetunejobs"]
     assert ids("_activities", activities.__name__) == ["login", "settings"]
 

@@ -243,7 +243,8 @@ def swift_dataset(data: Path, out: Path) -> Path:
 def swift_command(python: Path, model: Path, data: Path, out: Path, micro: int) -> list[str]:
     return [
         str(python), "-m", "swift.cli.sft",
-        "--model", str(model), "--model_type", "qwen3", "--dataset", str(data),
+        "--model", str(model), "--model_type", "qwen3", "--template", "qwen3_nothinking",
+        "--dataset", str(data),
         "--train_type", "lora", "--lora_rank", str(LORA_RANK), "--lora_alpha", str(LORA_ALPHA),
         "--target_modules", "all-linear", "--per_device_train_batch_size", str(micro),
         "--num_train_epochs", "1", "--learning_rate", str(LEARNING_RATE),

@@ -107,6 +107,7 @@ class ServedModel(ApiModel):
     )
     model: str = Field(
         min_length=1,
+        max_length=formats.PATH_MAX,  # bounds the cost of the CRD's URI rule
         description="Base model: hub id (Qwen/Qwen3-8B), a path in the image/volume, or "
         "s3://bucket/prefix (downloaded into the server's cache; see spec.storage).",
     )

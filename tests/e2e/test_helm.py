@@ -228,11 +228,15 @@ def test_operator_with_chart_token_runs_a_finetunejob(
         assert {"AttemptStarted", "Succeeded"} <= set(
             event_reasons(kubectl, namespace, "via-chart")
         )
-        log = chart_operator.log_path.read_text(errors="replace")
+        # An RBAC gap shows as a 403; a 403 for a namespace another test is deleting does not.
+        log = [
+            line
+            for line in chart_operator.log_path.read_text(errors="replace").splitlines()
+            if "because it is being terminated" not in line
+        ]
         for problem in ("Forbidden", "forbidden", "Not enough permissions", " 403 "):
-            assert problem not in log, (
-                f"operator log mentions {problem!r}:\n{chart_operator.log_tail()}"
-            )
+            hits = [line for line in log if problem in line]
+            assert not hits, f"operator log mentions {problem!r}:\n" + "\n".join(hits[:5])
     finally:
         kubectl("delete", "finetunejobs", "--all", "-n", namespace, "--wait=false")
         delete_pvs(kubectl, namespace)

@@ -27,7 +27,7 @@
 #                                                               (ktbr0, 10.251.7, 20250)
 #   KUBETUNE_IMAGE_DIR, KUBETUNE_IMAGE_CACHE_GB  image stores and their cap (images/, 40)
 #   KUBETUNE_KUEUE=1         also run a real Kueue (hack/lib/kueue.sh); KUBETUNE_KUEUE_PORT
-#                            its health port, +1 metrics, +2 webhook   (20281)
+#                            its health port, +1 metrics, +2 webhook   (20291)
 # Ports sit below Linux's ephemeral range (32768+) so outgoing connections never take them.
 # shellcheck source-path=SCRIPTDIR
 set -euo pipefail
@@ -246,7 +246,14 @@ ensure_binaries() {
 }
 
 check_ports_free() {
-  local port
+  local port dup
+  # Our own components must not share a port either (settings derive some from others).
+  dup=$(printf '%s\n' "$APISERVER_PORT" "$ETCD_PORT" "$((ETCD_PORT + 1))" "$KCM_PORT" \
+          "$SCHEDULER_PORT" "$KWOK_PORT" "$S3_PORT" $(if kueue_enabled; then kueue_ports; fi) \
+          $(if real_nodes_on; then echo "$KUBELET_PORT" "$KUBELET_HEALTH_PORT" "$PROXY_HEALTH_PORT" \
+            "$PROXY_METRICS_PORT" "$DNS_HEALTH_PORT" "$DNS_READY_PORT" "$STREAM_PORT"; fi) |
+        sort | uniq -d | tr '\n' ' ')
+  [[ -z $dup ]] || die "port(s) $dup given to two components; change the KUBETUNE_*_PORT settings"
   for port in "$ETCD_PORT" "$((ETCD_PORT + 1))" "$KCM_PORT" "$SCHEDULER_PORT" "$KWOK_PORT" \
               "$S3_PORT" $(if kueue_enabled; then kueue_ports; fi); do
     port_free "$port" || die "127.0.0.1:$port is taken by another process; override the KUBETUNE_*_PORT settings (see the top of $0)"

@@ -19,10 +19,10 @@
 # cmd/kueue/main.go); the process gets a private mount namespace in which this cluster's
 # certificate folder is bind-mounted there, so nothing is written into /etc but that empty
 # mount point, and two clusters never share certificates.
-# Ports: KUBETUNE_KUEUE_PORT (health), +1 (metrics), +2 (webhook); default 20281.
+# Ports: KUBETUNE_KUEUE_PORT (health), +1 (metrics), +2 (webhook); default 20291 (20280-20281 are CoreDNS's on the real node).
 
 KUEUE_MODULE_DIR="$HACK_DIR/kueue"
-KUEUE_PORT=${KUBETUNE_KUEUE_PORT:-20281}
+KUEUE_PORT=${KUBETUNE_KUEUE_PORT:-20291}
 KUEUE_METRICS_CERTS=/etc/kueue/metrics/certs  # fixed in upstream cmd/kueue/main.go
 
 kueue_enabled() { [[ ${KUBETUNE_KUEUE:-0} == 1 ]]; }

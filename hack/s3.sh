@@ -76,7 +76,8 @@ cmd_up() {
   echo $! >"$dir/versitygw.pid"
   for ((i = 0; i < 150; i++)); do
     answers "$port" && { info "versitygw up on 127.0.0.1:$port (data: $dir/data)"; return 0; }
-    is_ours "$(<"$dir/versitygw.pid")" "$dir" || break
+    # Not is_ours here: until the exec the pid is still the forked shell, not versitygw.
+    kill -0 "$(<"$dir/versitygw.pid")" 2>/dev/null || break
     sleep 0.1
   done
   tail -n 20 "$dir/versitygw.log" >&2

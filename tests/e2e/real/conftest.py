@@ -23,6 +23,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -75,13 +76,21 @@ def _helm(cluster: Any) -> Callable[..., subprocess.CompletedProcess[str]]:
 def real_node(kubectl: Kubectl) -> dict[str, Any]:
     if os.environ.get("KUBETUNE_REAL_NODES") == "0":
         pytest.skip("KUBETUNE_REAL_NODES=0: the cluster has no real node")
-    nodes = kubectl.json("get", "nodes", "-l", f"{REAL_LABEL}=true")["items"]
+    # A kubelet just started reports Ready before its image list (make cluster-up imports the
+    # images into containerd first; the node status lists them a few seconds later).
+    deadline = time.monotonic() + 120
+    while True:
+        nodes = kubectl.json("get", "nodes", "-l", f"{REAL_LABEL}=true")["items"]
+        node = dict(nodes[0]) if nodes else {}
+        status = node.get("status", {})
+        ready = {c["type"]: c["status"] for c in status.get("conditions", [])}.get("Ready")
+        held = {name for image in status.get("images") or [] for name in image["names"]}
+        missing = {OPERATOR_IMAGE, RUNTIME_IMAGE} - held
+        if (nodes and ready == "True" and not missing) or time.monotonic() > deadline:
+            break
+        time.sleep(2)
     assert nodes, "no real node: `make images` then `make cluster-up` (KUBETUNE_REAL_NODES=1)"
-    node = dict(nodes[0])
-    ready = {c["type"]: c["status"] for c in node["status"]["conditions"]}.get("Ready")
     assert ready == "True", f"real node {node['metadata']['name']} is not Ready"
-    held = {name for image in node["status"].get("images", []) for name in image["names"]}
-    missing = {OPERATOR_IMAGE, RUNTIME_IMAGE} - held
     assert not missing, f"the real node lacks {sorted(missing)}: run `make images`"
     return node
 

@@ -71,11 +71,18 @@ def test_eviction_is_a_disruption_not_a_spent_retry(
         assert status["phase"] in ("Retrying", "Running"), status
         first = status["attempts"][0]
         assert first["result"] == "Preempted", first
-        job = kubectl.json("get", "job", "evicted-a0", "-n", ns)
-        failed = next(c for c in job["status"]["conditions"] if c["type"] == "Failed")
+
+        def job_failed() -> dict[str, Any] | None:  # the operator may act on the pod first
+            job = kubectl.json("get", "job", "evicted-a0", "-n", ns)
+            conditions = job["status"].get("conditions") or []
+            return next((c for c in conditions if c["type"] == "Failed"), None)
+
+        failed = wait_until(job_failed, what="Job evicted-a0 Failed")
         assert failed["reason"] == "PodFailurePolicy", failed
         assert "has condition DisruptionTarget matching FailJob rule" in failed["message"], failed
-        assert first["message"].startswith("EvictionByEvictionAPI"), first
+        # The message is the pod's DisruptionTarget condition when the operator saw the pod,
+        # else the Job's PodFailurePolicy condition (a loaded machine may delete the pod first).
+        assert "Evict" in first["message"] or "DisruptionTarget" in first["message"], first
 
         second = wait_pod_running(kubectl, ns, "evicted", 1, wait_until)[0]
         finish_pod(kubectl, ns, second["metadata"]["name"], 0)

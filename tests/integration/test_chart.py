@@ -46,7 +46,8 @@ NAMESPACED_RULES = [
     {"apiGroups": ["kubetune.io"], "resources": ["modeldeployments"], "verbs": ["get", "list", "watch", "patch"]},
     {"apiGroups": ["kubetune.io"], "resources": ["modeldeployments/status"], "verbs": ["get", "patch"]},
     {"apiGroups": ["apps"], "resources": ["deployments"], "verbs": ["list", "watch", "create", "patch", "delete"]},
-    {"apiGroups": [""], "resources": ["services"], "verbs": ["list", "delete"]},
+    {"apiGroups": [""], "resources": ["services", "configmaps"], "verbs": ["list", "delete"]},
+    {"apiGroups": ["kueue.x-k8s.io"], "resources": ["workloads"], "verbs": ["list", "watch"]},
 ]  # fmt: skip
 CRD_WATCH = {
     "apiGroups": ["apiextensions.k8s.io"],

@@ -84,7 +84,7 @@ def real_node(kubectl: Kubectl) -> dict[str, Any]:
         node = dict(nodes[0]) if nodes else {}
         status = node.get("status", {})
         ready = {c["type"]: c["status"] for c in status.get("conditions", [])}.get("Ready")
-        held = {name for image in status.get("images") or [] for name in image["names"]}
+        held = {n for image in status.get("images") or [] for n in image.get("names") or []}
         missing = {OPERATOR_IMAGE, RUNTIME_IMAGE} - held
         if (nodes and ready == "True" and not missing) or time.monotonic() > deadline:
             break

@@ -21,24 +21,17 @@ from operator_helpers import (
     wait_phase,
     wait_pod_running,
 )
+from test_finetunejob_restart import manifest as restart_manifest
 
 pytestmark = pytest.mark.e2e
 Wait = Callable[..., Any]
 
 
 def manifest(name: str) -> dict[str, Any]:
-    return {
-        "apiVersion": "kubetune.io/v1alpha1",
-        "kind": "FineTuneJob",
-        "metadata": {"name": name},
-        "spec": {
-            "model": {"name": "Qwen/Qwen3-0.6B"},
-            "dataset": {"train": {"pvc": {"claimName": "data", "path": "train.jsonl"}}},
-            "resources": {"gpusPerNode": 1},
-            "output": {"pvc": {"claimName": "output"}},
-            "retry": {"maxRetries": 0},
-        },
-    }
+    """test_finetunejob_restart's one-GPU job, with no retries to spend."""
+    body = restart_manifest(name)
+    body["spec"] = {**body["spec"], "retry": {"maxRetries": 0}}
+    return body
 
 
 def evict(cluster: Any, namespace: str, pod: str) -> None:

@@ -55,6 +55,13 @@ def faq_status(kubectl: Any, ns: str) -> Json:  # noqa: F811
     return next((a for a in models[0].get("adapters") or [] if a["name"] == "faq"), {})
 
 
+def live_pods(kubectl: Any, ns: str, selector: str) -> list[Json] | None:  # noqa: F811
+    """The pods matching `selector` that are not being deleted, once there is exactly one."""
+    items = kubectl.json("get", "pods", "-n", ns, "-l", selector)["items"]
+    live = [p for p in items if not p["metadata"].get("deletionTimestamp")]
+    return live if len(live) == 1 and len(items) == 1 else None
+
+
 def test_named_adapters_change_without_a_rollout_and_promotion_is_gated(
     kubectl: Any,
     ns: str,  # noqa: F811
@@ -105,10 +112,14 @@ def test_a_vllm_model_is_scheduled_on_gpu_nodes(
     wait_phase(kubectl, ns, "credit-card-faq", "Succeeded", wait_until)
     status = wait_mdep(kubectl, ns, "chat-gpu", "Available", wait_until)
     assert status["ready"] == "2/2"
-    pods = kubectl.json("get", "pods", "-n", ns, "-l", "kubetune.io/model=large")["items"]
+    # the faq adapter became ready after the first pod started (vLLM takes LoRA modules as
+    # flags, so that rolled the Deployment): the old pod may still be terminating
+    pods = wait_until(lambda: live_pods(kubectl, ns, "kubetune.io/model=large"), timeout=60,
+                      what="one live vLLM pod")  # fmt: skip
     assert len(pods) == 1 and pods[0]["status"]["phase"] == "Running"
     node = kubectl.json("get", "node", pods[0]["spec"]["nodeName"])
     assert int(node["status"]["allocatable"].get("nvidia.com/gpu", "0")) >= 1
     c = pods[0]["spec"]["containers"][0]
     assert c["command"] == ["vllm", "serve"] and "--enable-lora" in c["args"]
+    assert any(a.startswith("faq=") for a in c["args"])  # the FineTuneJob's adapter is served
     assert c["readinessProbe"]["httpGet"]["path"] == "/health"

@@ -20,7 +20,7 @@
 #   KUBETUNE_ETCD_PORT       etcd clients; peers use PORT+1     (22379)
 #   KUBETUNE_KCM_PORT, KUBETUNE_SCHEDULER_PORT, KUBETUNE_KWOK_PORT  health endpoints
 #                                                               (20257, 20259, 20247)
-#   KUBETUNE_S3_PORT         S3-compatible server (versitygw)  (20900)
+#   KUBETUNE_S3_PORT         S3-compatible server (versitygw; on the API server's address) (20900)
 #   KUBETUNE_GPU_NODES, KUBETUNE_GPUS_PER_NODE, KUBETUNE_CPU_NODES  fake nodes (2, 8, 1)
 #   KUBETUNE_REAL_NODES      1: one real node (needs root; `make images` first); 0: kwok only
 #   KUBETUNE_BRIDGE, KUBETUNE_NODE_NET, KUBETUNE_KUBELET_PORT   real node's bridge, /24, ports
@@ -255,11 +255,13 @@ check_ports_free() {
         sort | uniq -d | tr '\n' ' ')
   [[ -z $dup ]] || die "port(s) $dup given to two components; change the KUBETUNE_*_PORT settings"
   for port in "$ETCD_PORT" "$((ETCD_PORT + 1))" "$KCM_PORT" "$SCHEDULER_PORT" "$KWOK_PORT" \
-              "$S3_PORT" $(if kueue_enabled; then kueue_ports; fi); do
+              $(if kueue_enabled; then kueue_ports; fi); do
     port_free "$port" || die "127.0.0.1:$port is taken by another process; override the KUBETUNE_*_PORT settings (see the top of $0)"
   done
   port_free "$APISERVER_PORT" "$APISERVER_HOST" ||
     die "$APISERVER_HOST:$APISERVER_PORT is taken; set KUBETUNE_APISERVER_PORT"
+  port_free "$S3_PORT" "$APISERVER_HOST" ||
+    die "$APISERVER_HOST:$S3_PORT is taken; set KUBETUNE_S3_PORT"
   if real_nodes_on; then
     for port in "$KUBELET_HEALTH_PORT" "$PROXY_HEALTH_PORT" "$PROXY_METRICS_PORT" \
                 "$DNS_HEALTH_PORT" "$DNS_READY_PORT" "$STREAM_PORT"; do
@@ -286,7 +288,7 @@ cmd_up() {
   ensure_binaries
   "$HACK_DIR/s3.sh" build >/dev/null
   if cluster_running; then
-    "$HACK_DIR/s3.sh" up "$CLUSTER_DIR/s3" "$S3_PORT"
+    "$HACK_DIR/s3.sh" up "$CLUSTER_DIR/s3" "$S3_PORT" "$APISERVER_HOST"
     info "already running; $KUBECONFIG_PATH"
     return 0
   fi
@@ -311,7 +313,7 @@ cmd_up() {
   start_controller_manager
   start_scheduler
   start_kwok
-  "$HACK_DIR/s3.sh" up "$CLUSTER_DIR/s3" "$S3_PORT"
+  "$HACK_DIR/s3.sh" up "$CLUSTER_DIR/s3" "$S3_PORT" "$APISERVER_HOST"
   wait_until 60 kube-controller-manager healthy "https://127.0.0.1:$KCM_PORT/healthz"
   wait_until 60 kube-scheduler healthy "https://127.0.0.1:$SCHEDULER_PORT/healthz"
   wait_until 60 kwok healthy "http://127.0.0.1:$KWOK_PORT/healthz"
@@ -372,7 +374,7 @@ import_if_running() {
 cmd_env() {
   echo "export KUBECONFIG=\"$KUBECONFIG_PATH\""
   echo "export PATH=\"$BIN_DIR:\$PATH\""
-  "$HACK_DIR/s3.sh" env "$S3_PORT"
+  "$HACK_DIR/s3.sh" env "$S3_PORT" "$APISERVER_HOST"
 }
 
 main() {

@@ -1,18 +1,20 @@
 #!/usr/bin/env bash
-# A real S3-compatible server on 127.0.0.1 for Kubetune's tests and local cluster: versitygw
+# A real S3-compatible server on this host for Kubetune's tests and local cluster: versitygw
 # (github.com/versity/versitygw, Apache-2.0) with its posix backend, built from the Go module
 # proxy and cached like the control plane. Buckets are folders under DIR/data.
 #
-#   hack/s3.sh build             build the binary if missing (cached; a lock makes parallel
-#                                callers wait for one build), print its path
-#   hack/s3.sh up DIR PORT       start it (state, pid and log in DIR), create bucket `kubetune`
-#   hack/s3.sh down DIR          stop it and delete DIR
-#   hack/s3.sh env PORT          print the AWS_* variables a client needs
+#   hack/s3.sh build                build the binary if missing (cached; a lock makes parallel
+#                                   callers wait for one build), print its path
+#   hack/s3.sh up DIR PORT [HOST]   start it on HOST:PORT (127.0.0.1; state, pid and log in
+#                                   DIR), create bucket `kubetune`
+#   hack/s3.sh down DIR             stop it and delete DIR
+#   hack/s3.sh env PORT [HOST]      print the AWS_* variables a client needs
 #
 # Called by hack/cluster.sh (up/down/env) and by the storage fixture in tests/conftest.py
 # (`build` before the tests' timeouts start, then `up` on a free port in 29000-29099).
 # Settings: KUBETUNE_CACHE (~/.cache/kubetune). The root credentials are fixed test values:
-# the server listens on loopback only.
+# the server listens on loopback, or on the real node's bridge address (HOST, which cluster.sh
+# passes when the real node is on, so that pods reach it; nothing off the host can).
 set -euo pipefail
 
 VERSITYGW_VERSION=v1.8.0
@@ -52,7 +54,7 @@ cmd_build() {
   echo "$S3_BIN"
 }
 
-answers() { curl -s -o /dev/null --max-time 2 "http://127.0.0.1:$1/"; }
+answers() { curl -s -o /dev/null --max-time 2 "http://$2:$1/"; }
 
 # is_ours PID DIR: the process runs our cached versitygw on DIR (a reused pid is left alone).
 is_ours() {
@@ -61,27 +63,27 @@ is_ours() {
 }
 
 cmd_up() {
-  local dir=$1 port=$2 i
-  [[ -n $dir && -n $port ]] || die "usage: $0 up DIR PORT"
+  local dir=$1 port=$2 host=${3:-127.0.0.1} i
+  [[ -n $dir && -n $port ]] || die "usage: $0 up DIR PORT [HOST]"
   cmd_build >/dev/null
   if [[ -f $dir/versitygw.pid ]] && is_ours "$(<"$dir/versitygw.pid")" "$dir"; then
-    info "already running on 127.0.0.1:$port"
+    info "already running on $host:$port"
     return 0
   fi
-  ! answers "$port" || die "127.0.0.1:$port is taken by another process"
+  ! answers "$port" "$host" || die "$host:$port is taken by another process"
   mkdir -p "$dir/data/$BUCKET"
   ROOT_ACCESS_KEY_ID=$ACCESS_KEY ROOT_SECRET_ACCESS_KEY=$SECRET_KEY \
-    setsid "$S3_BIN" --port "127.0.0.1:$port" posix "$dir/data" \
+    setsid "$S3_BIN" --port "$host:$port" posix "$dir/data" \
     >"$dir/versitygw.log" 2>&1 </dev/null &
   echo $! >"$dir/versitygw.pid"
   for ((i = 0; i < 150; i++)); do
-    answers "$port" && { info "versitygw up on 127.0.0.1:$port (data: $dir/data)"; return 0; }
+    answers "$port" "$host" && { info "versitygw up on $host:$port (data: $dir/data)"; return 0; }
     # Not is_ours here: until the exec the pid is still the forked shell, not versitygw.
     kill -0 "$(<"$dir/versitygw.pid")" 2>/dev/null || break
     sleep 0.1
   done
   tail -n 20 "$dir/versitygw.log" >&2
-  die "versitygw did not answer on 127.0.0.1:$port (log: $dir/versitygw.log)"
+  die "versitygw did not answer on $host:$port (log: $dir/versitygw.log)"
 }
 
 cmd_down() {
@@ -99,8 +101,8 @@ cmd_down() {
 }
 
 cmd_env() {
-  local port=$1
-  echo "export AWS_ENDPOINT_URL=\"http://127.0.0.1:$port\""
+  local port=$1 host=${2:-127.0.0.1}
+  echo "export AWS_ENDPOINT_URL=\"http://$host:$port\""
   echo "export AWS_ACCESS_KEY_ID=\"$ACCESS_KEY\""
   echo "export AWS_SECRET_ACCESS_KEY=\"$SECRET_KEY\""
   echo "export AWS_REGION=\"us-east-1\""
@@ -108,8 +110,8 @@ cmd_env() {
 
 case "${1:-}" in
   build) cmd_build ;;
-  up) cmd_up "${2:-}" "${3:-}" ;;
+  up) cmd_up "${2:-}" "${3:-}" "${4:-}" ;;
   down) cmd_down "${2:-}" ;;
-  env) cmd_env "${2:?usage: $0 env PORT}" ;;
-  *) sed -n '2,16p' "$0" >&2; exit 2 ;;
+  env) cmd_env "${2:?usage: $0 env PORT [HOST]}" "${3:-}" ;;
+  *) sed -n '2,17p' "$0" >&2; exit 2 ;;
 esac

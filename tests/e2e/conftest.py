@@ -32,7 +32,7 @@ import subprocess
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +49,11 @@ class Cluster:
 
     kubeconfig: Path
     bin_dir: Path | None  # holds kubectl and helm for the local cluster; None otherwise
+    s3: dict[str, str] = field(default_factory=dict)  # AWS_* of the local cluster's S3 server
+
+    def s3_env(self) -> dict[str, str]:
+        """AWS_ENDPOINT_URL and keys of the cluster's S3 server ({} for an external cluster)."""
+        return dict(self.s3)
 
     def env(self) -> dict[str, str]:
         """os.environ for subprocesses (helm, the operator) that should reach this cluster."""
@@ -134,7 +139,8 @@ def _local_cluster() -> Cluster:
     kubeconfig = re.search(r'^export KUBECONFIG="(.*)"$', out.stdout, re.MULTILINE)
     bin_dir = re.search(r'^export PATH="(.*):\$PATH"$', out.stdout, re.MULTILINE)
     assert kubeconfig and bin_dir, f"unexpected `hack/cluster.sh env` output: {out.stdout!r}"
-    return Cluster(kubeconfig=Path(kubeconfig.group(1)), bin_dir=Path(bin_dir.group(1)))
+    s3 = dict(re.findall(r'^export (AWS_[A-Z_]+)="(.*)"$', out.stdout, re.MULTILINE))
+    return Cluster(kubeconfig=Path(kubeconfig.group(1)), bin_dir=Path(bin_dir.group(1)), s3=s3)
 
 
 @pytest.fixture(scope="session")

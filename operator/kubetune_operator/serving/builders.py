@@ -24,7 +24,7 @@ from kubetune_operator.names import GPU_RESOURCE
 from kubetune_operator.serving import names
 from kubetune_operator.serving.adapters import Resolved
 from kubetune_operator.settings import Settings
-from kubetune_operator.storage import cache_volume, storage_env
+from kubetune_operator.storage import cache_volume, hf_home, keeps_cache, storage_env
 
 Json = dict[str, Any]
 API_KEY_DIR = "/etc/kubetune/api-key"
@@ -139,7 +139,7 @@ def _container(name: str, image: str, args: list[str], spec: ModelDeploymentSpec
         "args": args,
         "env": [
             {"name": "PYTHONUNBUFFERED", "value": "1"},
-            {"name": "HF_HOME", "value": "/tmp/hf"},
+            {"name": "HF_HOME", "value": hf_home(spec.storage)},
         ],
         "ports": [{"name": "http", "containerPort": spec.server.port, "protocol": "TCP"}],
         "readinessProbe": _probe("/readyz", 5, 3),
@@ -223,6 +223,7 @@ def build_server_deployment(
         volumes.append({"name": "adapters", "configMap": config_map})
     if is_s3(files.model) or is_s3(files.adapter):  # downloads into a cache volume first
         container["env"] += storage_env(spec.storage)
+    if is_s3(files.model) or is_s3(files.adapter) or keeps_cache(spec.storage):
         volume, mount = cache_volume(spec.storage)
         volumes.append(volume)
         container["volumeMounts"].append(mount)

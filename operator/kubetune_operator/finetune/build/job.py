@@ -38,7 +38,7 @@ from kubetune_operator.finetune.build.mounts import (
 from kubetune_operator.names import GPU_RESOURCE, TRAINER_CONTAINER
 from kubetune_operator.owner import Owner
 from kubetune_operator.settings import Settings
-from kubetune_operator.storage import storage_env
+from kubetune_operator.storage import hf_home, storage_env
 
 Json = dict[str, Any]
 RUN_ID_ENV = "KUBETUNE_RUN_ID"  # kubetune_trainer.identity reads it
@@ -103,7 +103,7 @@ def _env(owner: Owner, spec: FineTuneJobSpec, run: names.Run, settings: Settings
     env.append({"name": RUN_ID_ENV, "value": owner.uid})
     env += [
         {"name": "PYTHONUNBUFFERED", "value": "1"},
-        {"name": "HF_HOME", "value": "/tmp/hf"},
+        {"name": "HF_HOME", "value": hf_home(spec.storage)},
     ]
     if spec.resources.nodes > 1:
         job = run.job_name(owner.name)

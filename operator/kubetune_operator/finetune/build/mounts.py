@@ -16,7 +16,7 @@ from typing import Any
 from kubetune_api.finetune import DataSource, FineTuneJobSpec
 from kubetune_api.storage import is_s3
 from kubetune_operator.names import PVC_ROOT
-from kubetune_operator.storage import cache_volume
+from kubetune_operator.storage import cache_volume, keeps_cache
 
 CONFIGMAP_ROOT = "/mnt/configmaps"
 SCRATCH_OUTPUT = "/mnt/output"  # emptyDir when the output is a uri (the image uploads it)
@@ -101,7 +101,7 @@ def resolve_mounts(spec: FineTuneJobSpec, name: str) -> Mounts:
         volumes.append({"name": "output", "emptyDir": {}})
         mounts.append({"name": "output", "mountPath": SCRATCH_OUTPUT})
     _config_map_volumes(spec, volumes, mounts)
-    if uses_object_storage(spec):
+    if uses_object_storage(spec) or keeps_cache(spec.storage):
         volume, mount = cache_volume(spec.storage)
         volumes.append(volume)
         mounts.append(mount)

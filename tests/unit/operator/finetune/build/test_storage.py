@@ -67,6 +67,25 @@ def test_without_a_secret_the_pod_uses_its_own_identity_and_a_cache_claim() -> N
     env = env_of(p)
     assert "AWS_ACCESS_KEY_ID" not in env and "AWS_ENDPOINT_URL_S3" not in env
     assert {"name": "cache", "persistentVolumeClaim": {"claimName": "model-cache"}} in p["volumes"]
+    assert env["HF_HOME"] == "/mnt/cache/hf"  # on the claim: a restarted pod finds it
+
+
+def test_a_hub_model_with_a_cache_claim_is_cached_on_it() -> None:
+    """No s3:// anywhere, but a cache claim: the Hugging Face cache goes on it (mounted), so
+    the hub model is downloaded once, not on every pod start; no AWS_* variables."""
+    spec = {
+        **S3_SPEC,
+        "model": {"name": "Qwen/Qwen3-0.6B"},
+        "dataset": {"train": {"pvc": {"claimName": "data", "path": "t.jsonl"}}},
+        "output": {"pvc": {"claimName": "out"}},
+        "storage": {"cacheClaimName": "hf-cache"},
+    }
+    p = pod(spec)
+    env = env_of(p)
+    assert env["HF_HOME"] == "/mnt/cache/hf"
+    assert {"name": "cache", "persistentVolumeClaim": {"claimName": "hf-cache"}} in p["volumes"]
+    assert {"name": "cache", "mountPath": "/mnt/cache"} in p["containers"][0]["volumeMounts"]
+    assert not any(k.startswith("AWS_") for k in env)
 
 
 def test_a_pvc_only_job_gets_no_storage_env() -> None:
@@ -78,6 +97,8 @@ def test_a_pvc_only_job_gets_no_storage_env() -> None:
     spec["dataset"] = {"train": {"pvc": {"claimName": "data", "path": "t.jsonl"}}}
     p = pod(spec)
     assert not any(k.startswith("AWS_") or k == "KUBETUNE_STORAGE_CACHE" for k in env_of(p))
+    assert env_of(p)["HF_HOME"] == "/tmp/hf"  # no claim: the pod's own scratch
+    assert not any(v["name"] == "cache" for v in p["volumes"])
     assert all(v["name"] != "cache" for v in p["volumes"])
 
 
@@ -211,3 +232,26 @@ def test_a_modeldeployment_serving_from_s3_gets_the_env_and_a_cache() -> None:
     assert {"name": "cache", "emptyDir": {"sizeLimit": "50Gi"}} in pod_spec["volumes"]
     args = pod_spec["containers"][0]["args"]
     assert "s3://models/qwen3-0.6b/" in args and "s3://runs/faq/adapter" in args
+
+
+def test_a_server_with_a_cache_claim_keeps_the_hub_cache_there() -> None:
+    from kubetune_operator.serving.adapters import resolve
+    from kubetune_operator.serving.builders import MdepOwner, build_server_deployment
+    from kubetune_operator.serving.plan import parse_spec as parse_mdep
+
+    spec = parse_mdep(
+        {
+            "models": [{"name": "small", "model": "Qwen/Qwen3-0.6B"}],
+            "storage": {"cacheClaimName": "hf-cache"},
+        }
+    )
+    files = resolve(spec.models[0], {})
+    assert not isinstance(files, type(None))
+    dep = build_server_deployment(
+        MdepOwner("ns", "chat", "uid"), spec, spec.models[0], files, Settings()
+    )
+    pod_spec = dep["spec"]["template"]["spec"]
+    assert env_of(pod_spec)["HF_HOME"] == "/mnt/cache/hf"
+    assert {"name": "cache", "persistentVolumeClaim": {"claimName": "hf-cache"}} in pod_spec[
+        "volumes"
+    ]

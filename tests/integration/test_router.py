@@ -9,6 +9,7 @@ A request the backends refuse (4xx) is the client's answer, never retried on the
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -211,3 +212,91 @@ def test_a_4xx_from_the_chosen_backend_is_passed_through_not_retried(
     assert backend_requests(stack["small"].url, 400) == small_before + 1
     assert backend_requests(large, 400) == large_before  # never tried on the other model
     assert metric_value(url, 'kubetune_router_backend_failures_total{backend="small"}') == 0
+
+
+class DroppingProxy:
+    """A TCP forwarder to a real server that, while `drop_next` > 0, closes each new connection
+    after reading the request, without answering: what a connection to a pod being replaced
+    does during a roll. Other connections are forwarded both ways."""
+
+    def __init__(self, target: str) -> None:
+        import socket
+        import threading
+
+        host, _, port = target.removeprefix("http://").partition(":")
+        self.target, self.drop_next, self.dropped = (host, int(port)), 0, 0
+        self.open: list[Any] = []  # forwarded client sockets
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def drop(self, count: int) -> None:
+        """Close the pooled connections now and drop the next `count` new ones."""
+        self.drop_next = count
+        for sock in self.open:
+            self._close(sock)
+        self.open.clear()
+
+    def _accept(self) -> None:
+        import socket
+        import threading
+
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            if self.drop_next > 0:
+                self.drop_next -= 1
+                self.dropped += 1
+                client.recv(65536)
+                client.close()
+                continue
+            self.open.append(client)
+            upstream = socket.create_connection(self.target)
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @classmethod
+    def _pipe(cls, src: Any, dst: Any) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            cls._close(src)
+            cls._close(dst)
+
+    @staticmethod
+    def _close(sock: Any) -> None:
+        with contextlib.suppress(OSError):
+            sock.shutdown(2)
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def test_a_dropped_connection_is_retried_once_on_the_same_backend(
+    stack: dict[str, KubetuneProcess],
+) -> None:
+    """The chosen backend drops the connection before answering (a pod leaving during a roll):
+    the router resends once on a new connection and the same model answers; no fallback."""
+    proxy = DroppingProxy(stack["large"].url)
+    router = route(proxy.url, stack["small"].url)
+    try:
+        router.start()
+        assert post(router.url, chat(HARD)).headers["x-kubetune-backend"] == "large"
+        proxy.drop(1)
+        response = post(router.url, chat(HARD))
+        assert response.status_code == 200, response.text
+        assert response.headers["x-kubetune-backend"] == "large"
+        assert proxy.dropped == 1
+        assert metric_value(router.url, "kubetune_router_backend_failures_total") == 0
+        proxy.drop(2)  # the retry is dropped too: then the other model answers
+        response = post(router.url, chat(HARD))
+        assert response.status_code == 200 and response.headers["x-kubetune-backend"] == "small"
+        assert proxy.dropped == 3
+    finally:
+        router.stop()
+        proxy.close()

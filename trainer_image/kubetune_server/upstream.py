@@ -8,7 +8,10 @@ answers 5xx before any byte reached the client is a `BackendFailure`, and the ne
 the fallback order is tried; a failure in the middle of a stream just ends that stream. A 429
 (the backend's queue is full) also moves on to the next backend; when none can answer, the
 client gets that 429 with its Retry-After rather than a 502. Any other 4xx is the request's own
-fault and is passed through at once: the other backend would refuse it too.
+fault and is passed through at once: the other backend would refuse it too. A connection that
+was refused, reset or closed before an answer (a pooled keep-alive connection to a pod that is
+being replaced during a roll) is retried once on the same backend first, on a new connection
+that the Service sends to a live pod; generation has no side effects, so resending is safe.
 """
 
 from __future__ import annotations
@@ -32,6 +35,13 @@ FAILURES = (aiohttp.ClientError, asyncio.TimeoutError, OSError)
 class BackendFailure(Exception):
     """A backend could not answer (connection error, timeout or 5xx)."""
 
+    def __init__(self, message: str, *, dropped: bool = False) -> None:
+        super().__init__(message)
+        self.dropped = dropped  # the connection failed before any answer: worth one retry
+
+
+DROPPED = (aiohttp.ClientConnectionError,)  # refused, reset, server disconnected (not timeouts)
+
 
 class BackendBusy(Exception):
     """A backend answered 429; `response` is that answer, read whole."""
@@ -48,6 +58,7 @@ class Upstream:
         self.backends = {name: url.rstrip("/") for name, url in backends.items()}
         self.timeout = aiohttp.ClientTimeout(total=timeout_s, connect=5.0)
         self._session: aiohttp.ClientSession | None = None
+        self._fresh: aiohttp.ClientSession | None = None  # one new connection per request
 
     async def open(self) -> None:
         """Create the session (inside the running event loop)."""
@@ -56,11 +67,17 @@ class Upstream:
             auto_decompress=False,
             connector=aiohttp.TCPConnector(limit=1000, ttl_dns_cache=300),
         )
+        self._fresh = aiohttp.ClientSession(
+            timeout=self.timeout,
+            auto_decompress=False,
+            connector=aiohttp.TCPConnector(force_close=True, use_dns_cache=False),
+        )
 
     async def close(self) -> None:
         """Close pooled connections."""
-        if self._session is not None:
-            await self._session.close()
+        for session in (self._session, self._fresh):
+            if session is not None:
+                await session.close()
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -82,7 +99,7 @@ class Upstream:
         busy: Response | None = None
         for name in order:
             try:
-                answer = await self._send(name, path, raw, headers)
+                answer = await self._send_retrying(name, path, raw, headers)
                 if answer.content_type == "text/event-stream":
                     return _stream(answer, name)
                 return await _whole(answer, name)
@@ -117,13 +134,33 @@ class Upstream:
         results = await asyncio.gather(*(one(url) for url in self.backends.values()))
         return [name for name, ok in zip(self.backends, results, strict=True) if ok]
 
-    async def _send(
+    async def _send_retrying(
         self, name: str, path: str, raw: bytes, headers: Mapping[str, str]
     ) -> aiohttp.ClientResponse:
+        """`_send`, once more on a new connection when the first one was dropped."""
         try:
-            answer = await self.session.post(self.backends[name] + path, data=raw, headers=headers)
+            return await self._send(name, path, raw, headers)
+        except BackendFailure as err:
+            if not err.dropped:
+                raise
+            log.info("backend %s dropped the connection (%s); retrying once", name, err)
+            return await self._send(name, path, raw, headers, fresh=True)
+
+    async def _send(
+        self,
+        name: str,
+        path: str,
+        raw: bytes,
+        headers: Mapping[str, str],
+        *,
+        fresh: bool = False,
+    ) -> aiohttp.ClientResponse:
+        # fresh: a new TCP connection (closed after the answer), not one from the pool
+        session = self._fresh if fresh and self._fresh is not None else self.session
+        try:
+            answer = await session.post(self.backends[name] + path, data=raw, headers=headers)
         except FAILURES as err:
-            raise BackendFailure(_describe(err)) from err
+            raise BackendFailure(_describe(err), dropped=isinstance(err, DROPPED)) from err
         if answer.status >= 500:
             answer.release()
             raise BackendFailure(f"HTTP {answer.status}")

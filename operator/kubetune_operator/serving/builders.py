@@ -2,7 +2,9 @@
 
 Each model gets a Deployment running `kubetune serve` (readiness `/readyz`, liveness
 `/healthz`, a startup probe long enough to load weights, non-root, rolling update with
-maxUnavailable 0 so a new adapter never takes capacity away) and a ClusterIP Service
+maxUnavailable 0 so a new adapter never takes capacity away, and a preStop sleep of
+`DRAIN_SECONDS` so a pod being replaced leaves the Service's endpoints before it gets SIGTERM
+and stops accepting connections: no request is refused during a roll) and a ClusterIP Service
 `<mdep>-<model>`. With more than one model, a router Deployment and Service `<mdep>-router`
 runs `kubetune route --backend <model>=http://<service>:<port> ...` and is the endpoint.
 The adapter path and its revision sit in the pod template's annotations, so a new merged adapter
@@ -28,6 +30,9 @@ from kubetune_operator.storage import cache_volume, hf_home, keeps_cache, storag
 
 Json = dict[str, Any]
 API_KEY_DIR = "/etc/kubetune/api-key"
+# kube-proxy and the router's DNS cache take a moment to drop a terminating pod; meanwhile it
+# keeps serving. Well inside the default 30 s grace period, which then covers in-flight work.
+DRAIN_SECONDS = 5
 API_KEY_FILE = f"{API_KEY_DIR}/token"
 ADAPTERS_DIR = "/etc/kubetune/adapters"
 ADAPTERS_KEY = "adapters.json"
@@ -145,6 +150,7 @@ def _container(name: str, image: str, args: list[str], spec: ModelDeploymentSpec
         "readinessProbe": _probe("/readyz", 5, 3),
         "livenessProbe": _probe("/healthz", 10, 3),
         "startupProbe": _probe("/healthz", 10, 90),  # up to 15 minutes to load weights
+        "lifecycle": {"preStop": {"sleep": {"seconds": DRAIN_SECONDS}}},
         "volumeMounts": mounts,
         "securityContext": {
             "allowPrivilegeEscalation": False,

@@ -12,7 +12,6 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-
 from real_helpers import RUNTIME_IMAGE, UID, Release, Trained, pod_logs, run_pod
 
 NAME = "faq-serve"

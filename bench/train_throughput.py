@@ -245,7 +245,10 @@ def swift_command(python: Path, model: Path, data: Path, out: Path, micro: int) 
         str(python), "-m", "swift.cli.sft",
         "--model", str(model), "--model_type", "qwen3", "--template", "qwen3_nothinking",
         "--dataset", str(data),
-        "--train_type", "lora", "--lora_rank", str(LORA_RANK), "--lora_alpha", str(LORA_ALPHA),
+        # ms-swift 4.x: --tuner_type (3.x called it --train_type); one micro-batch per optimizer
+        # step, as every other contestant (it would pick 2 accumulation steps itself)
+        "--tuner_type", "lora", "--lora_rank", str(LORA_RANK), "--lora_alpha", str(LORA_ALPHA),
+        "--gradient_accumulation_steps", "1",
         "--target_modules", "all-linear", "--per_device_train_batch_size", str(micro),
         "--num_train_epochs", "1", "--learning_rate", str(LEARNING_RATE),
         "--group_by_length", "true", "--gradient_checkpointing", "false",

@@ -5,6 +5,7 @@ Imported by tests/e2e/real/conftest.py and its tests; standard library, pytest a
 
 from __future__ import annotations
 
+import json
 import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -128,3 +129,25 @@ class Trained:
     rows: list[dict[str, str]]
     logs: str
     adapter: Path
+
+
+def ask_in_cluster(
+    kubectl: Kubectl, ns: str, pod: str, endpoint: str, wait_until: Callable[..., Any]
+) -> dict[str, Any]:
+    """One chat request to `endpoint` (an OpenAI base URL) from a pod inside the cluster, as
+    model `large`; asserts the pod succeeded and returns the parsed answer."""
+    body = {
+        "model": "large",
+        "messages": [{"role": "user", "content": "如何申请信用卡？"}],
+        "max_tokens": 8,
+    }
+    script = (
+        "import json, sys, urllib.request as u;"
+        f"r = u.Request({endpoint + '/chat/completions'!r}, data=sys.argv[1].encode(),"
+        " headers={'Content-Type': 'application/json'});"
+        "print(u.urlopen(r, timeout=120).read().decode())"
+    )
+    phase, log = run_pod(kubectl, ns, pod, ["python", "-c", script, json.dumps(body)], wait_until)
+    assert phase == "Succeeded", log
+    answer: dict[str, Any] = json.loads(log.strip().splitlines()[-1])
+    return answer

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from real_helpers import RUNTIME_IMAGE, UID, Release, Trained, pod_logs, run_pod
+from real_helpers import RUNTIME_IMAGE, UID, Release, Trained, ask_in_cluster, pod_logs
 
 NAME = "faq-serve"
 PORT = 8000
@@ -68,22 +68,7 @@ def test_modeldeployment_answers_through_the_router(
         assert pod["status"]["containerStatuses"][0]["ready"] is True, pod["status"]
     endpoint = status["endpoint"]
     assert f"{NAME}-router" in endpoint, status
-    body = {
-        "model": "large",
-        "messages": [{"role": "user", "content": "如何申请信用卡？"}],
-        "max_tokens": 8,
-    }
-    script = (
-        "import json, sys, urllib.request as u;"
-        f"r = u.Request({endpoint + '/chat/completions'!r}, data=sys.argv[1].encode(),"
-        " headers={'Content-Type': 'application/json'});"
-        "print(u.urlopen(r, timeout=120).read().decode())"
-    )
-    phase, log = run_pod(
-        kubectl, ns, "ask-router", ["python", "-c", script, json.dumps(body)], wait_until
-    )
-    assert phase == "Succeeded", log
-    answer = json.loads(log.strip().splitlines()[-1])
+    answer = ask_in_cluster(kubectl, ns, "ask-router", endpoint, wait_until)
     assert answer["choices"][0]["message"]["content"] is not None, answer
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from real_helpers import Release, Volumes, ftj_manifest, pod_logs, run_pod
+from real_helpers import Release, Volumes, ask_in_cluster, ftj_manifest, pod_logs
 
 NAME = "faq-s3"
 SECRET = "s3-credentials"
@@ -195,20 +195,5 @@ def test_modeldeployment_serves_the_adapter_from_object_storage(
     status = wait_until(available, timeout=600, what=f"ModelDeployment {name} Available")
     served = status["models"][0]
     assert served["adapter"] == trained_s3["output"]["adapterPath"], status
-    body = {
-        "model": "large",
-        "messages": [{"role": "user", "content": "如何申请信用卡？"}],
-        "max_tokens": 8,
-    }
-    script = (
-        "import json, sys, urllib.request as u;"
-        f"r = u.Request({status['endpoint'] + '/chat/completions'!r}, data=sys.argv[1].encode(),"
-        " headers={'Content-Type': 'application/json'});"
-        "print(u.urlopen(r, timeout=120).read().decode())"
-    )
-    phase, log = run_pod(
-        kubectl, ns, "ask-s3-model", ["python", "-c", script, json.dumps(body)], wait_until
-    )
-    assert phase == "Succeeded", log
-    answer = json.loads(log.strip().splitlines()[-1])
+    answer = ask_in_cluster(kubectl, ns, "ask-s3-model", status["endpoint"], wait_until)
     assert answer["choices"][0]["message"]["content"] is not None, answer

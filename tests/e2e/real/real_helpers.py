@@ -49,16 +49,9 @@ def pod_logs(kubectl: Kubectl, ns: str, pod: str, container: str | None = None) 
     return str(result.stdout + result.stderr)
 
 
-def run_pod(
-    kubectl: Kubectl,
-    ns: str,
-    name: str,
-    command: list[str],
-    wait_until: Callable[..., Any],
-    timeout: float = 180,
-) -> tuple[str, str]:
-    """A one-shot pod of the runtime image; returns its phase and its log."""
-    pod = {
+def one_shot_pod(ns: str, name: str, command: list[str]) -> dict[str, Any]:
+    """A pod of the runtime image that runs `command` once as uid 1000, without API access."""
+    return {
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {"name": name, "namespace": ns},
@@ -69,7 +62,18 @@ def run_pod(
             "containers": [{"name": "main", "image": RUNTIME_IMAGE, "command": command}],
         },
     }
-    kubectl.apply(pod)
+
+
+def run_pod(
+    kubectl: Kubectl,
+    ns: str,
+    name: str,
+    command: list[str],
+    wait_until: Callable[..., Any],
+    timeout: float = 180,
+) -> tuple[str, str]:
+    """A one-shot pod of the runtime image; returns its phase and its log."""
+    kubectl.apply(one_shot_pod(ns, name, command))
 
     def done() -> str | None:
         phase = kubectl.json("get", "pod", name, "-n", ns)["status"].get("phase")

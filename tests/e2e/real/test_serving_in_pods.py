@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from real_helpers import RUNTIME_IMAGE, UID, Release, Trained, ask_in_cluster, pod_logs
+from real_helpers import UID, Release, Trained, ask_in_cluster, one_shot_pod, pod_logs
 
 NAME = "faq-serve"
 PORT = 8000
@@ -122,18 +122,7 @@ def test_a_new_run_rolls_the_servers_with_no_failed_request(
             "max_tokens": 4}  # fmt: skip
     url = endpoint + "/chat/completions"
     command = ["python", "-c", STEADY_CLIENT, url, json.dumps(body), str(DURATION)]
-    client = {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": "steady-client", "namespace": ns},
-        "spec": {
-            "restartPolicy": "Never",
-            "automountServiceAccountToken": False,
-            "securityContext": {"runAsNonRoot": True, "runAsUser": UID},
-            "containers": [{"name": "main", "image": RUNTIME_IMAGE, "command": command}],
-        },
-    }
-    kubectl.apply(client)
+    kubectl.apply(one_shot_pod(ns, "steady-client", command))
     wait_until(
         lambda: (
             kubectl.json("get", "pod", "steady-client", "-n", ns)["status"].get("phase")

@@ -384,6 +384,14 @@ import_if_running() {
 cmd_env() {
   echo "export KUBECONFIG=\"$KUBECONFIG_PATH\""
   echo "export PATH=\"$BIN_DIR:\$PATH\""
+  # The pod IPs an operator run from this shell may connect to (server pods' GET /adapterz):
+  # the real node's pods on our bridge. kwok pods' IPs (10.244.0.0/16) are made up and routed
+  # off this host, so never contacted; without a real node no pod is (127.0.0.1/32 is no pod's).
+  if real_nodes_on; then
+    echo "export KUBETUNE_POD_NETWORKS=\"$POD_CIDR\""
+  else
+    echo "export KUBETUNE_POD_NETWORKS=\"127.0.0.1/32\""
+  fi
   "$HACK_DIR/s3.sh" env "$S3_PORT" "$APISERVER_HOST"
 }
 

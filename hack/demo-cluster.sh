@@ -50,8 +50,10 @@ install_chart() {
     kubectl label namespace "$ns" kubetune.io/real-node=true --overwrite >/dev/null
   done
   # --take-ownership: the e2e tests may have applied the same CRDs with kubectl before.
+  # podNetworks: the operator asks only pods on our bridge for their adapter state (cluster.sh env).
   helm upgrade --install "$RELEASE" "$REPO_ROOT/charts/kubetune" --namespace "$SYSTEM_NS" \
-    --take-ownership --set defaults.gpuMemory= >/dev/null
+    --take-ownership --set defaults.gpuMemory= \
+    --set "defaults.podNetworks={$KUBETUNE_POD_NETWORKS}" >/dev/null
   kubectl -n "$SYSTEM_NS" rollout status "deployment/$RELEASE" --timeout=180s
   kubectl -n "$SYSTEM_NS" get pods -o wide
 }

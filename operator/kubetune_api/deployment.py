@@ -59,6 +59,22 @@ class Promotion(ApiModel):
         ge=0,
         description="How much worse than the served adapter the new one may be (e.g. 0.02).",
     )
+    canary_percent: float | None = Field(
+        default=None,
+        gt=0,
+        lt=100,
+        description="Serve a new run that passes the evaluation gate to this share of the "
+        "adapter's requests first (a canary, beside the served one); promote it once it has "
+        "answered canaryMinRequests with an error rate no higher than the served one's, else "
+        "roll it back. Unset: promote at once.",
+    )
+    canary_min_requests: int = Field(
+        default=20,
+        ge=1,
+        le=1_000_000,
+        description="Requests the canary must have answered (summed over the ready servers) "
+        "before it is judged.",
+    )
 
 
 class NamedAdapter(AdapterRef):
@@ -166,6 +182,12 @@ class ServedModel(ApiModel):
         for a in self.adapters or []:
             if a.promotion is not None and a.fine_tune_job is None:
                 raise ValueError(f"adapters[{a.name}].promotion needs fineTuneJob")
+            canary = a.promotion.canary_percent if a.promotion is not None else None
+            if canary is not None and self.runtime == "vllm":
+                raise ValueError(
+                    f"adapters[{a.name}].promotion.canaryPercent needs runtime kubetune "
+                    f"(vLLM cannot split one adapter's traffic), got {canary:g}"
+                )
         if self.runtime == "vllm" and self.gpus < 1:
             raise ValueError(f"runtime vllm needs gpus >= 1, got {self.gpus}")
         if self.vllm is not None and self.runtime != "vllm":
@@ -267,13 +289,53 @@ class ModelDeploymentSpec(ApiModel):
         return self
 
 
+class ReplicaAdapterState(ApiModel):
+    """One named adapter on one server pod, as the pod reports it (GET /adapterz)."""
+
+    pod: str = Field(description="Server pod name.")
+    state: Literal["Loading", "Loaded", "Failed", "Unknown"] = Field(
+        description="Loaded: serving the configured folder; Loading: loading it, or the pod has "
+        "not seen the new adapter list yet; Failed: its load failed (see reason); Unknown: the "
+        "pod did not answer."
+    )
+    reason: str | None = Field(default=None, description="Why Failed, Loading or Unknown.")
+
+
+class CanaryStatus(ApiModel):
+    """A new FineTuneJob run served to part of an adapter's requests before it is promoted."""
+
+    path: str = Field(description="Adapter folder of the canary run.")
+    revision: str | None = Field(default=None, description="The run (its completionTime).")
+    eval_loss: float | None = Field(default=None, description="evalLoss of the canary run.")
+    percent: float = Field(description="Share of the adapter's requests sent to the canary.")
+    state: Literal["Running", "Promoted", "RolledBack"] = Field(
+        description="Running: taking its share of requests; Promoted: it is the served adapter "
+        "now; RolledBack: its error rate was higher than the served adapter's (or it failed to "
+        "load), so it serves nothing and this run is not tried again."
+    )
+    requests: int = Field(default=0, description="Requests the canary answered or failed.")
+    errors: int = Field(default=0, description="Canary requests that failed on the server.")
+    stable_requests: int = Field(
+        default=0, description="Requests the served adapter took meanwhile."
+    )
+    stable_errors: int = Field(default=0, description="Of those, the ones that failed.")
+    reason: str | None = Field(default=None, description="Why it was rolled back.")
+
+
 class AdapterStatus(ApiModel):
-    """One named adapter of a served model, as the operator has configured it."""
+    """One named adapter of a served model: what the operator configured, what the pods serve."""
 
     name: str = Field(description="Adapter name (the request's `model`).")
-    state: Literal["Pending", "Configured", "Failed"] = Field(
+    state: Literal["Pending", "Configured", "Loading", "Loaded", "Failed"] = Field(
         description="Pending: waiting for its FineTuneJob; Configured: in the servers' adapter "
-        "list; Failed: cannot be served (see reason)."
+        "list, no server reported yet; Loading: not every ready server serves it yet; Loaded: "
+        "every ready server serves it; Failed: cannot be served (see reason and replicas)."
+    )
+    replicas: list[ReplicaAdapterState] | None = Field(
+        default=None, max_length=100, description="Per ready server pod."
+    )
+    canary: CanaryStatus | None = Field(
+        default=None, description="A new run on trial (promotion.canaryPercent)."
     )
     path: str | None = Field(default=None, description="Adapter folder being served.")
     eval_loss: float | None = Field(

@@ -32,7 +32,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from kubetune_api.memory import parse_size
-from kubetune_operator.settings import Settings, parse_tolerations
+from kubetune_operator.settings import Settings, parse_networks, parse_tolerations
 
 
 def build_parser(prog: str) -> argparse.ArgumentParser:
@@ -58,6 +58,11 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
         "--gpu-memory",
         help="memory of one GPU (e.g. 80Gi) for the pre-flight of jobs that do not set "
         "spec.resources.gpuMemory (env KUBETUNE_GPU_MEMORY; unset: no check)",
+    )
+    p.add_argument(
+        "--pod-networks",
+        help="comma-separated CIDRs of server pod IPs the operator may ask for their adapter "
+        "state (GET /adapterz); others are reported Unknown (env KUBETUNE_POD_NETWORKS; unset: any)",
     )
     peering = p.add_mutually_exclusive_group()
     peering.add_argument(
@@ -91,6 +96,8 @@ def settings_from(args: argparse.Namespace) -> Settings:
         settings = dataclasses.replace(settings, gpu_tolerations=tolerations)
     if args.gpu_memory:
         settings = dataclasses.replace(settings, gpu_memory=args.gpu_memory)
+    if args.pod_networks:
+        settings = dataclasses.replace(settings, pod_networks=parse_networks(args.pod_networks))
     if settings.gpu_memory:
         parse_size(settings.gpu_memory)  # a bad size is a ValueError here, not in every reconcile
     return settings

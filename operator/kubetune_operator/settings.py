@@ -3,14 +3,16 @@
 `Settings.from_env` reads `KUBETUNE_TRAINER_IMAGE`, `KUBETUNE_SERVER_IMAGE` (ModelDeployment
 pods; default: the trainer image, which is the runtime image), `KUBETUNE_GPU_TOLERATIONS` (a JSON
 list of tolerations), `KUBETUNE_GPU_MEMORY` (one GPU's memory for the pre-flight, e.g.
-80Gi) and `KUBETUNE_TERMINATION_GRACE_SECONDS` (how long a trainer pod has after SIGTERM to write
-its checkpoint; a FineTuneJob's spec.resources.terminationGracePeriodSeconds wins); the CLI
-overrides them with its flags. The builders receive a `Settings`
-and never read the environment themselves, so they stay pure.
+80Gi), `KUBETUNE_TERMINATION_GRACE_SECONDS` (how long a trainer pod has after SIGTERM to write
+its checkpoint; a FineTuneJob's spec.resources.terminationGracePeriodSeconds wins) and
+`KUBETUNE_POD_NETWORKS` (comma-separated CIDRs of the server pod IPs the operator may connect to
+for their adapter state, GET /adapterz; unset: any); the CLI overrides them with its flags.
+The builders receive a `Settings` and never read the environment themselves, so they stay pure.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 from collections.abc import Mapping
@@ -38,6 +40,11 @@ class Settings:
     # Seconds between SIGTERM and SIGKILL of a trainer pod: enough to finish the step and write
     # a checkpoint of a LoRA adapter and its optimizer state (seconds even for Qwen3-32B ranks).
     termination_grace_seconds: int = 120
+    # Server pods whose IP lies outside these networks are never contacted for their adapter
+    # state (reported Unknown); empty: any pod IP. A cluster whose pod IPs the operator cannot
+    # or must not reach (the local cluster's kwok pods have made-up IPs) lists the reachable ones.
+    pod_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    adapter_poll_seconds: float = 10.0  # how often named adapters' pods are asked while unsettled
 
     @property
     def runtime_image(self) -> str:
@@ -59,7 +66,30 @@ class Settings:
             kwargs["termination_grace_seconds"] = int(env["KUBETUNE_TERMINATION_GRACE_SECONDS"])
         if env.get("KUBETUNE_GPU_TOLERATIONS"):
             kwargs["gpu_tolerations"] = parse_tolerations(env["KUBETUNE_GPU_TOLERATIONS"])
+        if env.get("KUBETUNE_POD_NETWORKS"):
+            kwargs["pod_networks"] = parse_networks(env["KUBETUNE_POD_NETWORKS"])
         return cls(**kwargs)
+
+    def may_contact(self, ip: str) -> bool:
+        """Whether the operator may connect to a pod at `ip` (pod_networks)."""
+        try:
+            address = ipaddress.ip_address(ip)
+        except ValueError:
+            return False
+        return not self.pod_networks or any(address in net for net in self.pod_networks)
+
+
+def parse_networks(text: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    """Comma-separated CIDRs (e.g. `10.251.7.0/24,fd00::/64`); ValueError naming a bad one."""
+    networks = []
+    for item in (part.strip() for part in text.split(",")):
+        if not item:
+            continue
+        try:
+            networks.append(ipaddress.ip_network(item, strict=False))
+        except ValueError as err:
+            raise ValueError(f"pod networks: {item!r} is not a CIDR ({err})") from None
+    return tuple(networks)
 
 
 def parse_tolerations(text: str) -> tuple[dict[str, Any], ...]:

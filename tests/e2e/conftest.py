@@ -50,6 +50,7 @@ class Cluster:
     kubeconfig: Path
     bin_dir: Path | None  # holds kubectl and helm for the local cluster; None otherwise
     s3: dict[str, str] = field(default_factory=dict)  # AWS_* of the local cluster's S3 server
+    pod_networks: str | None = None  # KUBETUNE_POD_NETWORKS for operators run from the tests
 
     def s3_env(self) -> dict[str, str]:
         """AWS_ENDPOINT_URL and keys of the cluster's S3 server ({} for an external cluster)."""
@@ -60,6 +61,8 @@ class Cluster:
         env = dict(os.environ, KUBECONFIG=str(self.kubeconfig))
         if self.bin_dir is not None:
             env["PATH"] = f"{self.bin_dir}{os.pathsep}{env.get('PATH', '')}"
+        if self.pod_networks is not None:
+            env["KUBETUNE_POD_NETWORKS"] = self.pod_networks
         return env
 
     def kubectl_path(self) -> str:
@@ -140,7 +143,13 @@ def _local_cluster() -> Cluster:
     bin_dir = re.search(r'^export PATH="(.*):\$PATH"$', out.stdout, re.MULTILINE)
     assert kubeconfig and bin_dir, f"unexpected `hack/cluster.sh env` output: {out.stdout!r}"
     s3 = dict(re.findall(r'^export (AWS_[A-Z_]+)="(.*)"$', out.stdout, re.MULTILINE))
-    return Cluster(kubeconfig=Path(kubeconfig.group(1)), bin_dir=Path(bin_dir.group(1)), s3=s3)
+    networks = re.search(r'^export KUBETUNE_POD_NETWORKS="(.*)"$', out.stdout, re.MULTILINE)
+    return Cluster(
+        kubeconfig=Path(kubeconfig.group(1)),
+        bin_dir=Path(bin_dir.group(1)),
+        s3=s3,
+        pod_networks=networks.group(1) if networks else None,
+    )
 
 
 @pytest.fixture(scope="session")

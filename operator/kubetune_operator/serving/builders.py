@@ -269,13 +269,22 @@ def build_router_deployment(
     return _deployment(owner, names.ROUTER, 1, pod, {})
 
 
-def build_adapters_config_map(owner: MdepOwner, model: str, folders: dict[str, str]) -> Json:
+def build_adapters_config_map(
+    owner: MdepOwner,
+    model: str,
+    folders: dict[str, str],
+    canaries: dict[str, tuple[str, float]] | None = None,
+) -> Json:
     """ConfigMap `<mdep>-<model>-adapters`: the named adapters every server of `model` follows.
 
-    The pod template names the ConfigMap, never its content, so changing an adapter changes
-    the mounted file (the server reloads it) and rolls nothing.
+    `{name: folder}`, or `{name: {path, canary: {path, percent}}}` for an adapter with a canary
+    on trial. The pod template names the ConfigMap, never its content, so changing an adapter
+    changes the mounted file (the server reloads it) and rolls nothing.
     """
-    body = json.dumps(dict(sorted(folders.items())), indent=1, sort_keys=True)
+    entries: dict[str, Any] = dict(folders)
+    for name, (folder, percent) in (canaries or {}).items():
+        entries[name] = {"path": folders[name], "canary": {"path": folder, "percent": percent}}
+    body = json.dumps(entries, indent=1, sort_keys=True)
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",

@@ -24,6 +24,7 @@ from kubetune_operator.serving import builders, names
 from kubetune_operator.serving.adapters import Waiting, resolve
 from kubetune_operator.serving.builders import MdepOwner, endpoint
 from kubetune_operator.serving.named_adapters import resolve_named
+from kubetune_operator.serving.replicas import PodReport, settled
 from kubetune_operator.serving.status import ModelState, derive_status, failed_status, parse_status
 from kubetune_operator.serving.vllm import build_vllm_deployment
 from kubetune_operator.settings import Settings
@@ -90,10 +91,12 @@ def build_children(
     jobs: dict[str, Json | None],
     settings: Settings,
     served: ModelDeploymentStatus | None = None,
+    reports: dict[str, list[PodReport]] | None = None,
 ) -> Children:
     """Services for every model, Deployments for models that can be served, the router.
 
-    `served` is the current status: what each named adapter serves now (for promotion).
+    `served` is the current status: what each named adapter serves now (for promotion);
+    `reports`: per model, what its ready server pods said (`replica_probe`), when asked.
     """
     out = Children()
     port = spec.server.port
@@ -103,14 +106,17 @@ def build_children(
         if isinstance(files, Waiting):
             out.models.append(ModelState(model.name, model.replicas, None, waiting=files))
             continue
-        named = resolve_named(model, jobs, served_adapters(served, model.name))
+        pods = (reports or {}).get(model.name)
+        named = resolve_named(model, jobs, served_adapters(served, model.name), pods)
         files = replace(files, claims=tuple(dict.fromkeys([*files.claims, *named.claims])))
         if model.runtime == "vllm":
             deployment = build_vllm_deployment(owner, spec, model, files, named.folders, settings)
         else:
             deployment = builders.build_server_deployment(owner, spec, model, files, settings)
         if model.adapters is not None and model.runtime != "vllm":
-            out.apply.append(builders.build_adapters_config_map(owner, model.name, named.folders))
+            out.apply.append(
+                builders.build_adapters_config_map(owner, model.name, named.folders, named.canaries)
+            )
         out.apply.append(deployment)
         adapters = named.statuses if model.adapters is not None else None
         out.models.append(
@@ -121,6 +127,23 @@ def build_children(
         out.apply.append(builders.build_service(owner, names.ROUTER, port))
         out.router = names.router_name(owner.name)
     return out
+
+
+def probed_models(spec: ModelDeploymentSpec) -> set[str]:
+    """Models whose server pods are asked for their adapter state (named adapters, our server)."""
+    return {m.name for m in spec.models if m.adapters and m.runtime == "kubetune"}
+
+
+def next_poll(
+    spec: ModelDeploymentSpec, status: ModelDeploymentStatus, every: float
+) -> float | None:
+    """Seconds until the pods should be asked again: `every` while an adapter is unsettled (or
+    a canary runs), 6x that once all are, None without named adapters on our server."""
+    probed = probed_models(spec)
+    if not probed:
+        return None
+    adapters = [a for m in status.models or [] if m.name in probed for a in m.adapters or []]
+    return every * 6 if all(settled(a) for a in adapters) else every
 
 
 def served_adapters(status: ModelDeploymentStatus | None, model: str) -> dict[str, AdapterStatus]:
@@ -167,6 +190,7 @@ class Seen:
     spec: ModelDeploymentSpec | ConfigError
     jobs: dict[str, Json | None] = field(default_factory=dict)
     children: list[tuple[str, str, Json]] = field(default_factory=list)
+    reports: dict[str, list[PodReport]] | None = None  # model -> its ready pods' answers
 
 
 @dataclass
@@ -207,7 +231,9 @@ def plan_deployment(seen: Seen, settings: Settings, now: datetime) -> Plan:
     if isinstance(spec, ConfigError):
         plan.status = failed_status(plan.current, spec.problems, plan.generation, now)
         return plan
-    children = build_children(MdepOwner.of(body), spec, seen.jobs, settings, plan.current)
+    children = build_children(
+        MdepOwner.of(body), spec, seen.jobs, settings, plan.current, seen.reports
+    )
     plan.apply, plan.models, plan.router = children.apply, children.models, children.router
     plan.mdep, plan.endpoint = meta["name"], endpoint(meta["namespace"], meta["name"], spec)
     wanted = wanted_children(children, spec, meta["name"])

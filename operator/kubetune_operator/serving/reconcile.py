@@ -1,9 +1,11 @@
 """The ModelDeployment's runner wiring: read, plan (`plan.plan_deployment`), write through `kube`.
 
 `ModelDeployments.sync` is the `Sync` that `runner.Runner` calls for every trigger (spec change,
-a child Deployment changed, a referenced FineTuneJob changed), serialised and coalesced per
-ModelDeployment; the blocking part runs on the runner's thread pool. `read` gathers the
-ModelDeployment, the FineTuneJobs it serves and its labelled children; `write` applies the
+a child Deployment changed, a referenced FineTuneJob changed, the next adapter poll),
+serialised and coalesced per ModelDeployment; the blocking part runs on the runner's thread
+pool. `read` gathers the ModelDeployment, the FineTuneJobs it serves, its labelled children and,
+for models with named adapters, what their ready server pods report (`replica_probe`, asked
+again every `Settings.adapter_poll_seconds` while an adapter is unsettled); `write` applies the
 plan's objects in order (an object the API server rejects, 400/422, fails the ModelDeployment
 as Rejected), prunes, and patches the status derived from the answers, so a reconcile makes no
 extra reads. An Event is posted on a phase transition. Built by `cli`; the handlers reach it
@@ -25,10 +27,13 @@ from kubetune_operator.serving.plan import (
     CHILD_KINDS,
     Plan,
     Seen,
+    next_poll,
     parse_spec,
     plan_deployment,
+    probed_models,
     referenced_jobs,
 )
+from kubetune_operator.serving.replica_probe import probe_servers
 from kubetune_operator.serving.status import adapter_events, status_patch, transition_event
 from kubetune_operator.settings import Settings
 
@@ -59,15 +64,18 @@ class ModelDeployments:
             return None
         plan = plan_deployment(seen, self.settings, datetime.now(UTC))
         desired = plan.status or self.write(key, plan)
+        poll = None
+        if not isinstance(seen.spec, ConfigError):
+            poll = next_poll(seen.spec, desired, self.settings.adapter_poll_seconds)
         patch = status_patch(seen.body.get("status"), desired)
         if not patch:
-            return Outcome(seen.body)
+            return Outcome(seen.body, requeue_after=poll)
         answer = self.kube.patch_modeldeployment_status(*key, patch)
         if answer is None:
             return Outcome(answer, [])
         event = transition_event(plan.current, desired)
         events = ([event] if event is not None else []) + adapter_events(plan.current, desired)
-        return Outcome(answer, events)
+        return Outcome(answer, events, requeue_after=poll)
 
     def read(self, key: Key) -> Seen | None:
         """The ModelDeployment and, for a valid spec, its FineTuneJobs and children; None when
@@ -87,7 +95,11 @@ class ModelDeployments:
             for api_version, plural, _ in CHILD_KINDS
             for obj in self.kube.list_labelled(api_version, plural, namespace, selector)
         ]
-        return Seen(body, spec, jobs, children)
+        reports = None
+        if probed := probed_models(spec):
+            pods = self.kube.list_labelled("v1", "pods", namespace, selector)
+            reports = probe_servers(pods, probed, spec.server.port, self.settings)
+        return Seen(body, spec, jobs, children, reports)
 
     def write(self, key: Key, plan: Plan) -> ModelDeploymentStatus:
         """Apply in order, then prune; the desired status (Rejected when an apply was)."""

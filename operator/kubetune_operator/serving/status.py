@@ -171,24 +171,49 @@ def transition_event(old: ModelDeploymentStatus, new: ModelDeploymentStatus) -> 
 
 
 def adapter_events(old: ModelDeploymentStatus, new: ModelDeploymentStatus) -> list[Event]:
-    """Events for named adapters: promoted (a new run served), kept (promotion refused), failed."""
+    """Events for named adapters: failed, canary started or rolled back, promoted (a new run
+    served), kept (promotion refused)."""
     before = {(m.name, a.name): a for m in old.models or [] for a in m.adapters or []}
     events = []
     for m in new.models or []:
         for a in m.adapters or []:
-            was = before.get((m.name, a.name))
-            where = f"model {m.name} adapter {a.name}"
-            if a.state == "Failed" and (was is None or was.state != "Failed"):
-                events.append(Event("Warning", "AdapterFailed", f"{where}: {a.reason}"))
-            elif was is not None and was.path and a.revision != was.revision:
-                loss = f" (evalLoss {a.eval_loss:.4g})" if a.eval_loss is not None else ""
-                events.append(
-                    Event("Normal", "AdapterPromoted", f"{where}: run {a.revision}{loss}")
-                )
-            elif (
-                a.reason
-                and a.reason.startswith("not promoted")
-                and (was is None or was.reason != a.reason)
-            ):
-                events.append(Event("Warning", "PromotionRefused", f"{where}: {a.reason}"))
+            event = _adapter_event(
+                f"model {m.name} adapter {a.name}", before.get((m.name, a.name)), a
+            )
+            if event is not None:
+                events.append(event)
     return events
+
+
+def _adapter_event(where: str, was: AdapterStatus | None, now: AdapterStatus) -> Event | None:
+    """The one Event (if any) for the change of one named adapter."""
+    trial, old_trial = now.canary, was.canary if was is not None else None
+    new_trial = trial is not None and (old_trial is None or old_trial.revision != trial.revision)
+    if now.state == "Failed" and (was is None or was.state != "Failed"):
+        return Event("Warning", "AdapterFailed", f"{where}: {now.reason}")
+    if (
+        trial is not None
+        and trial.state == "RolledBack"
+        and (new_trial or (old_trial is not None and old_trial.state != "RolledBack"))
+    ):
+        return Event(
+            "Warning", "CanaryRolledBack", f"{where}: run {trial.revision}: {trial.reason}"
+        )
+    if trial is not None and trial.state == "Running" and new_trial:
+        share = f"{trial.percent:g}% of its requests"
+        return Event("Normal", "CanaryStarted", f"{where}: run {trial.revision} takes {share}")
+    if was is not None and was.path and now.revision != was.revision:
+        loss = f" (evalLoss {now.eval_loss:.4g})" if now.eval_loss is not None else ""
+        if trial is not None and trial.state == "Promoted" and trial.revision == now.revision:
+            loss += (
+                f" after its canary: {trial.errors} of {trial.requests} requests failed "
+                f"(served: {trial.stable_errors} of {trial.stable_requests})"
+            )
+        return Event("Normal", "AdapterPromoted", f"{where}: run {now.revision}{loss}")
+    if (
+        now.reason
+        and now.reason.startswith("not promoted")
+        and (was is None or was.reason != now.reason)
+    ):
+        return Event("Warning", "PromotionRefused", f"{where}: {now.reason}")
+    return None

@@ -115,6 +115,7 @@ def release(cluster: Any, kubectl: Kubectl, real_ns: str) -> Iterator[Release]:
         "install", RELEASE, str(CHART), "--namespace", real_ns,
         "--set", "crds.enabled=false", "--set", f"watchNamespaces={{{real_ns}}}",
         "--set", "defaults.gpuMemory=",
+        "--set", f"defaults.podNetworks={{{cluster.pod_networks or ''}}}",
     )  # fmt: skip
     # Not `helm install --wait`: an operator that never gets Ready is test_operator_in_cluster's
     # failure to report (with its log), not a setup error of every test here.

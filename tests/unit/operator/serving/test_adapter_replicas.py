@@ -239,7 +239,7 @@ def adapterz() -> Iterator[tuple[int, dict[str, Any]]]:
     answer: dict[str, Any] = {"body": b"{}"}
 
     class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802  (http.server's name)
+        def do_GET(self) -> None:
             body = answer["body"] if self.path == "/adapterz" else b"not here"
             self.send_response(200 if self.path == "/adapterz" else 404)
             self.send_header("Content-Length", str(len(body)))
@@ -302,7 +302,7 @@ def test_pod_networks_parse_and_decide() -> None:
     assert settings.may_contact("10.251.7.12") and settings.may_contact("fd00::5")
     assert not settings.may_contact("10.244.0.3") and not settings.may_contact("nonsense")
     assert Settings().may_contact("203.0.113.9")  # none listed: any
-    with pytest.raises(ValueError, match="'10.0.0.0/33' is not a CIDR"):
+    with pytest.raises(ValueError, match=r"'10\.0\.0\.0/33' is not a CIDR"):
         parse_networks("10.0.0.0/33")
     assert Settings.from_env({"KUBETUNE_POD_NETWORKS": "127.0.0.1/32"}).pod_networks == (
         parse_networks("127.0.0.1/32")

@@ -6,7 +6,9 @@ list of tolerations), `KUBETUNE_GPU_MEMORY` (one GPU's memory for the pre-flight
 80Gi), `KUBETUNE_TERMINATION_GRACE_SECONDS` (how long a trainer pod has after SIGTERM to write
 its checkpoint; a FineTuneJob's spec.resources.terminationGracePeriodSeconds wins) and
 `KUBETUNE_POD_NETWORKS` (comma-separated CIDRs of the server pod IPs the operator may connect to
-for their adapter state, GET /adapterz; unset: any); the CLI overrides them with its flags.
+for their adapter state, GET /adapterz; unset: any) and `KUBETUNE_ADAPTER_POLL_SECONDS` (how
+often they are asked while an adapter is unsettled; default 10); the CLI overrides them with its
+flags.
 The builders receive a `Settings` and never read the environment themselves, so they stay pure.
 """
 
@@ -68,6 +70,8 @@ class Settings:
             kwargs["gpu_tolerations"] = parse_tolerations(env["KUBETUNE_GPU_TOLERATIONS"])
         if env.get("KUBETUNE_POD_NETWORKS"):
             kwargs["pod_networks"] = parse_networks(env["KUBETUNE_POD_NETWORKS"])
+        if env.get("KUBETUNE_ADAPTER_POLL_SECONDS"):
+            kwargs["adapter_poll_seconds"] = float(env["KUBETUNE_ADAPTER_POLL_SECONDS"])
         return cls(**kwargs)
 
     def may_contact(self, ip: str) -> bool:

@@ -48,7 +48,11 @@ def source_roots() -> list[str]:
 
 
 class KubetuneProcess:
-    """`kubetune <command> ... --host 127.0.0.1 --port P`, started and awaited."""
+    """`kubetune <command> ... --host 127.0.0.1 --port P`, started and awaited.
+
+    `host` and `port` pin the address (another loopback address, a pod's port), for tests that
+    stand in for several pods with the same container port.
+    """
 
     def __init__(
         self,
@@ -57,11 +61,13 @@ class KubetuneProcess:
         *,
         env: dict[str, str] | None = None,
         ready_s: float = 180,
+        host: str = "127.0.0.1",
+        port: int | None = None,
     ) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.port = port if port is not None else free_port()
+        self.url = f"http://{host}:{self.port}"
         self._argv = [sys.executable, "-m", "kubetune_cli.main", command, *args]
-        self._argv += ["--host", "127.0.0.1", "--port", str(self.port)]
+        self._argv += ["--host", host, "--port", str(self.port)]
         self._env = {**os.environ, **(env or {})}
         self._env["PYTHONPATH"] = os.pathsep.join(
             [*source_roots(), self._env.get("PYTHONPATH", "")]

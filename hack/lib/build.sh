@@ -3,7 +3,7 @@
 #
 # Sourced by hack/cluster.sh, which sets HACK_DIR and KUBETUNE_CACHE. Everything named in
 # the `tool` block of hack/tools/go.mod (kube-apiserver, kube-controller-manager,
-# kube-scheduler, kubectl, etcd, kwok, kwokctl, helm, and for the real node kubelet, kube-proxy
+# kube-scheduler, kubectl, etcd, kwok, helm, and for the real node kubelet, kube-proxy
 # and a CoreDNS with a short plugin list) is built in ONE `go build`, so the Kubernetes packages
 # they share compile once. The result lands in
 # $KUBETUNE_CACHE/bin/<version>/, where <version> is the Kubernetes release plus a hash of
@@ -12,7 +12,7 @@
 TOOLS_DIR="$HACK_DIR/tools"
 
 # The binaries a complete build directory holds (kwok-stages.yaml is written beside them).
-BINARIES=(kube-apiserver kube-controller-manager kube-scheduler kubectl etcd kwok kwokctl helm
+BINARIES=(kube-apiserver kube-controller-manager kube-scheduler kubectl etcd kwok helm
   kubelet kube-proxy coredns)
 
 # Kubernetes release pinned in hack/tools/go.mod, e.g. v1.36.3.

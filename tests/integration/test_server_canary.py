@@ -114,6 +114,7 @@ def test_a_nan_canary_fails_its_share_alone_and_adapterz_counts_it(
     canary = [r for r in answers if r.headers[HEADER] == "canary"]
     assert len(stable) + len(canary) == 30 and stable and canary
     assert all(r.status_code == 200 for r in stable), [r.text for r in stable]
+    assert len({tuple(tokens(r)) for r in stable}) == 1  # NaN batch mates change nothing
     assert {r.status_code for r in canary} == {500}, [r.text for r in canary]
     assert "not finite" in canary[0].json()["error"]["message"]
     state = faq(url)

@@ -64,11 +64,11 @@ class RowSampler:
 
     def pick(self, logits: torch.Tensor) -> int:
         """The next token id from one row of logits (fp32, on any device)."""
+        logits = logits.float().cpu()
         if not bool(torch.isfinite(logits).all()):
             raise not_finite()
         if self.params.greedy:
             return int(torch.argmax(logits).item())
-        logits = logits.float().cpu()
         probs = torch.softmax(logits / self.params.temperature, dim=-1)
         if not bool(torch.isfinite(probs).all()):
             raise SamplingError(
@@ -96,9 +96,9 @@ def not_finite() -> SamplingError:
 def pick_next(logits: torch.Tensor, rows: list[RowSampler]) -> list[int | SamplingError]:
     """One token per row of `logits` (shape [rows, vocab]), or that row's `SamplingError`."""
     if all(r.params.greedy for r in rows):
-        finite = torch.isfinite(logits).all(dim=-1).tolist()
-        picks = torch.argmax(logits, dim=-1).tolist()
-        return [int(t) if ok else not_finite() for t, ok in zip(picks, finite, strict=True)]
+        finite = torch.isfinite(logits).all(dim=-1)
+        picks = torch.where(finite, torch.argmax(logits, dim=-1), -1).tolist()  # one transfer
+        return [int(t) if t >= 0 else not_finite() for t in picks]
     return [_pick_one(row, logits[i]) for i, row in enumerate(rows)]
 
 

@@ -2,7 +2,7 @@
 
 A folder whose name contains "broken" fails to load, like a folder that is not an adapter.
 `run_now` plays `Batcher.run_exclusive` (it runs the function at once). Used by
-`test_adapter_registry`, `test_adapter_config` and `test_adapterz`.
+`test_adapter_config`, `test_adapter_variants` and `test_adapterz`.
 """
 
 from __future__ import annotations

@@ -107,7 +107,7 @@ class Harness:
     def __init__(self, tmp_path: Path) -> None:
         self.file = tmp_path / "adapters.json"
         self.lora = FakeLora()
-        self.registry = AdapterRegistry(self.lora, run_now, "base")  # type: ignore[arg-type]
+        self.registry = AdapterRegistry(self.lora, run_now, "base")
         self.watcher = AdapterConfigWatcher(self.file, self.registry, poll_s=60)
 
     def write(self, data: Any) -> None:

@@ -104,7 +104,7 @@ class Draws:
 
 def registry(draws: Draws) -> tuple[AdapterRegistry, FakeLora]:
     lora = FakeLora()
-    return AdapterRegistry(lora, run_now, "base", draw=draws), lora  # type: ignore[arg-type]
+    return AdapterRegistry(lora, run_now, "base", draw=draws), lora
 
 
 def test_requests_go_to_the_variant_drawn_and_resolve_to_its_weights() -> None:

@@ -1,6 +1,7 @@
 """The adapter admin API of a multi-LoRA server: list, load and unload named adapters.
 
-    GET    /v1/adapters          every named adapter: state (Loading, Loaded, Failed), reason, folder
+    GET    /v1/adapters          every named adapter: state (Loading, Loaded, Failed), reason,
+                                 folder, request and error counts, and its canary (if any)
     POST   /v1/adapters          {"name": ..., "path": ...}: load (or swap) an adapter; answers
                                  when it is Loaded (200) or Failed (422, with the reason)
     DELETE /v1/adapters/{name}   unload it
@@ -8,7 +9,8 @@
 Included by `app.py`. The paths sit under `/v1/`, so `auth.RequestGuard` checks the API key
 (and the body limit) before the body is read. Loading and unloading need
 `--enable-adapter-admin`; listing works on every multi-LoRA server (the operator and people read
-it). Adapters from `--adapter-config` are managed by that file: the admin API can load others.
+it; `/adapterz` shows the same without the key, and without folders). Adapters from
+`--adapter-config` are managed by that file (canaries too): the admin API can load others.
 """
 
 from __future__ import annotations
@@ -57,7 +59,7 @@ def _registry(server: ReadyServer, *, change: bool = False) -> AdapterRegistry:
 async def list_adapters(server: Ready) -> dict[str, Any]:
     """Every named adapter and its state."""
     registry = _registry(server)
-    return {"object": "list", "data": [s.to_json() for s in registry.states()]}
+    return {"object": "list", "data": [r.to_json() for r in registry.reports()]}
 
 
 @router.post("/v1/adapters")
@@ -71,7 +73,9 @@ async def load_adapter(body: LoadAdapterRequest, server: Ready) -> dict[str, Any
     if state.state == "Failed":
         raise ApiError(422, f"Adapter {body.name!r} failed to load: {state.reason}.",
                        code="adapter_load_failed")  # fmt: skip
-    return state.to_json()
+    report = registry.report(body.name)
+    assert report is not None  # nothing ran between the load and here (no await)
+    return report.to_json()
 
 
 @router.delete("/v1/adapters/{name}")

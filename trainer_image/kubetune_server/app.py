@@ -3,9 +3,10 @@
 Called by `cli.py` (engine None: the model loads in a background thread at startup, so `/healthz`
 answers at once and `/readyz` says 503 until the model is there) and by tests (a ready engine, or a
 fake one). Holds the health, readiness and metrics endpoints; the OpenAI routes live in
-`routes.py`, the adapter admin routes in `admin_routes.py`. A multi-LoRA server loads its named
-adapters (flags, then `--adapter-config`) before it reports ready; one that fails is listed as
-Failed at `/v1/adapters`, and the others serve. `auth.RequestGuard` checks the API key and the body
+`routes.py`, the adapter admin routes in `admin_routes.py`, the key-free adapter states for the
+operator (`/adapterz`) in `adapterz.py`. A multi-LoRA server loads its named adapters (flags, then
+`--adapter-config`, canaries included) before it reports ready; one that fails is listed as
+Failed at `/v1/adapters` and `/adapterz`, and the others serve. `auth.RequestGuard` checks the API key and the body
 limit before any route reads the body. A model that fails to load makes `/healthz` fail too, so the
 kubelet restarts the pod.
 """
@@ -25,6 +26,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from kubetune_server.adapter_config import AdapterConfigWatcher
 from kubetune_server.adapter_registry import AdapterRegistry
+from kubetune_server.adapterz import router as adapterz_router
 from kubetune_server.admin_routes import router as admin_router
 from kubetune_server.auth import RequestGuard
 from kubetune_server.batching import Batcher
@@ -78,6 +80,7 @@ def create_app(
     app.add_middleware(RequestMetricsMiddleware, metrics=metrics, paths=API_PATHS)
     app.include_router(router)
     app.include_router(admin_router)
+    app.include_router(adapterz_router)
     _add_health_routes(app)
     return app
 
@@ -117,6 +120,7 @@ async def _start_adapters(state: ServerState, engine: Engine, batcher: Batcher) 
     if settings.adapter_config is not None:
         watcher = AdapterConfigWatcher(settings.adapter_config, registry, settings.adapter_poll_s)
         await watcher.sync_once()
+        state.adapter_config = watcher
         state.watcher = asyncio.create_task(watcher.watch())
     state.adapters = registry
 

@@ -4,16 +4,18 @@
 then a finish event). A collector task takes the first waiting request, keeps collecting for
 `wait_ms` or until `max_batch_size`, and hands the batch to a single worker thread, which runs
 `Engine.generate`; adapter loads and unloads run on that thread too (`run_exclusive`), between
-batches, and each row's adapter is looked up when its batch starts. The waiting queue is bounded:
-`submit` raises `QueueFullError` (the route answers 429) instead of growing without limit. Requests
-that arrive during a generation wait for the next batch. A client that goes away cancels its
-ticket; its row stops at the next token.
+batches, and each row's adapter (its stable or canary folder) is looked up when its batch starts.
+The waiting queue is bounded: `submit` raises `QueueFullError` (the route answers 429) instead of
+growing without limit. Requests that arrive during a generation wait for the next batch. A client
+that goes away cancels its ticket; its row stops at the next token.
 
 Failures stay with the request that caused them: each ticket's sampler is built on its own (bad
 parameters: that ticket alone gets a 400 error event and never joins the batch), a row whose
 sampling fails or whose text stream raises ends alone, and a batch that fails before any token
 (the prefill) is generated again one request at a time, so only the request that fails alone
-sees the error. Only a failure in the middle of a batch's decoding reaches every row in it.
+sees the error. Only a failure in the middle of a batch's decoding reaches every row in it. A
+ticket's `on_fail` (the route's counter for a named adapter's variant) hears its first failure's
+status.
 """
 
 from __future__ import annotations
@@ -36,7 +38,8 @@ from kubetune_server.text_stream import TextStream
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-PeftName = Callable[[str | None], str | None]  # public adapter name -> peft name (None: gone)
+PeftName = Callable[[str | None, bool], str | None]  # (adapter, canary) -> peft name (None: gone)
+OnFail = Callable[[int], None]  # told the HTTP status of a ticket that failed, on the event loop
 
 
 class QueueFullError(Exception):
@@ -67,6 +70,7 @@ class Ticket:
     failed: bool = False
     sampler: RowSampler | None = None
     route: str = BASE  # the peft adapter this row goes through, fixed when its batch starts
+    on_fail: OnFail | None = None
 
     @property
     def completion_tokens(self) -> int:
@@ -87,7 +91,10 @@ class Ticket:
         self.cancelled = True
 
     def fail(self, message: str, status: int = 500, code: str = "generation_failed") -> None:
-        """End this request with an error event (its batch mates go on)."""
+        """End this request with an error event (its batch mates go on); `on_fail` hears of the
+        first failure before the route reads the event."""
+        if not self.failed and self.on_fail is not None:
+            self.loop.call_soon_threadsafe(self.on_fail, status)
         self.failed = True
         text = message if message.endswith(".") else f"{message}."
         self.send(Event("error", text, status=status, code=code))
@@ -131,11 +138,10 @@ class Batcher:
         """Run `fn` on the generation thread between batches (adapter loads and unloads)."""
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
 
-    def submit(self, job: GenerationJob) -> Ticket:
+    def submit(self, job: GenerationJob, on_fail: OnFail | None = None) -> Ticket:
         """Queue `job`; raises `QueueFullError` when the queue is full."""
-        ticket = Ticket(
-            job, TextStream(self.engine.tokenizer, job.params.stop), asyncio.get_running_loop()
-        )
+        stream = TextStream(self.engine.tokenizer, job.params.stop)
+        ticket = Ticket(job, stream, asyncio.get_running_loop(), on_fail=on_fail)
         try:
             self._queue.put_nowait(ticket)
         except asyncio.QueueFull:
@@ -211,7 +217,7 @@ class Batcher:
         adapter = ticket.job.adapter
         if adapter is None or self.peft_name is None:
             return True
-        route = self.peft_name(adapter)
+        route = self.peft_name(adapter, ticket.job.canary)
         if route is None:
             ticket.fail(f"adapter {adapter!r} was unloaded", 404, "model_not_found")
             return False

@@ -38,6 +38,7 @@ class GenerationJob:
     prompt_ids: list[int]
     params: SamplingParams
     adapter: str | None = None  # a named LoRA adapter (public name); None: the base
+    canary: bool = False  # the adapter's canary folder rather than its stable one
 
 
 class Engine:

@@ -1,7 +1,10 @@
 """The OpenAI-compatible endpoints: /v1/chat/completions, /v1/completions, /v1/models.
 
 With named LoRA adapters the request's `model` picks one (the base's name, or none, picks the
-base; an unknown name is a 404, an adapter still loading or failed a 503 saying so).
+base; an unknown name is a 404, an adapter still loading or failed a 503 saying so). An adapter
+with a canary sends each request to the canary folder with its percent's probability; the answer
+says which in `x-kubetune-adapter-variant: stable|canary`, and the variant's counters count the
+request once it is queued, and an error when it then fails with a 5xx (`adapter_variants`).
 
 Included by `app.py`, behind `auth.RequestGuard` (API key, body limit). Each completion route
 refuses a prompt over `max_prompt_chars` characters (400, before any tokenizing), turns the
@@ -21,9 +24,10 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Response
 from fastapi.responses import StreamingResponse
 
+from kubetune_server.adapter_variants import VARIANT_HEADER, AdapterRoute
 from kubetune_server.batching import Event, QueueFullError, Ticket
 from kubetune_server.engine import GenerationJob
 from kubetune_server.errors import ApiError, error_body
@@ -63,11 +67,12 @@ async def list_models(server: Ready) -> ModelList:
 
 @router.post("/v1/chat/completions", response_model=None)
 async def chat_completions(
-    body: ChatCompletionRequest, server: Ready
+    body: ChatCompletionRequest, server: Ready, response: Response
 ) -> ChatCompletion | StreamingResponse:
     """Chat completion, whole or streamed."""
     _check_prompt_chars(server, body)
-    adapter = _pick_adapter(server, body.model)
+    route = _pick_adapter(server, body.model)
+    adapter, headers = _adapter_headers(route, response)
     messages = [{"role": _role(m.role), "content": m.text()} for m in body.messages]
     try:
         prompt = await asyncio.to_thread(
@@ -75,7 +80,7 @@ async def chat_completions(
         )
     except Exception as err:  # the template rejects some conversations (e.g. no user turn)
         raise ApiError(400, f"messages cannot be formatted with the chat template: {err}.") from err
-    ticket = _submit(server, prompt, body, body.requested_max_tokens(), adapter)
+    ticket = _submit(server, prompt, body, body.requested_max_tokens(), route)
     rid, model, created = (
         f"chatcmpl-{uuid.uuid4().hex[:24]}",
         adapter or server.settings.model_name,
@@ -90,8 +95,8 @@ async def chat_completions(
 
         role = {"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}
         first = {**head, "choices": [role]}
-        return _sse(server, ticket, chunk, head, body.include_usage(), first)
-    text, reason = await _collect(server, ticket)
+        return _sse(server, ticket, chunk, head, body.include_usage(), first, headers)
+    text, reason = await _collect(server, ticket, headers)
     return ChatCompletion(
         id=rid,
         created=created,
@@ -108,12 +113,15 @@ async def chat_completions(
 
 
 @router.post("/v1/completions", response_model=None)
-async def completions(body: CompletionRequest, server: Ready) -> Completion | StreamingResponse:
+async def completions(
+    body: CompletionRequest, server: Ready, response: Response
+) -> Completion | StreamingResponse:
     """Text completion of a raw prompt, whole or streamed."""
     _check_prompt_chars(server, body)
-    adapter = _pick_adapter(server, body.model)
+    route = _pick_adapter(server, body.model)
+    adapter, headers = _adapter_headers(route, response)
     prompt = await asyncio.to_thread(server.engine.text_prompt_ids, body.prompt_text())
-    ticket = _submit(server, prompt, body, body.requested_max_tokens(), adapter)
+    ticket = _submit(server, prompt, body, body.requested_max_tokens(), route)
     rid, model, created = (
         f"cmpl-{uuid.uuid4().hex[:24]}",
         adapter or server.settings.model_name,
@@ -126,8 +134,8 @@ async def completions(body: CompletionRequest, server: Ready) -> Completion | St
             choice = {"index": 0, "text": text or "", "finish_reason": finish, "logprobs": None}
             return {**head, "choices": [choice]}
 
-        return _sse(server, ticket, chunk, head, body.include_usage(), None)
-    text, reason = await _collect(server, ticket)
+        return _sse(server, ticket, chunk, head, body.include_usage(), None, headers)
+    text, reason = await _collect(server, ticket, headers)
     return Completion(
         id=rid,
         created=created,
@@ -163,10 +171,20 @@ def _check_prompt_chars(server: ReadyServer, body: SamplingFields) -> None:
         )
 
 
-def _pick_adapter(server: ReadyServer, model: str | None) -> str | None:
-    """The named adapter `model` asks for (None: the base). A server without named adapters
-    serves its one model whatever `model` says, as before multi-LoRA."""
-    return None if server.adapters is None else server.adapters.check(model)
+def _pick_adapter(server: ReadyServer, model: str | None) -> AdapterRoute | None:
+    """The named adapter `model` asks for and its variant (None: the base). A server without
+    named adapters serves its one model whatever `model` says, as before multi-LoRA."""
+    return None if server.adapters is None else server.adapters.route(model)
+
+
+def _adapter_headers(
+    route: AdapterRoute | None, response: Response
+) -> tuple[str | None, dict[str, str]]:
+    """The adapter's name, and the variant header (set on `response`, returned for the others)."""
+    if route is None:
+        return None, {}
+    response.headers[VARIANT_HEADER] = route.variant
+    return route.name, {VARIANT_HEADER: route.variant}
 
 
 def _submit(
@@ -174,9 +192,9 @@ def _submit(
     prompt: list[int],
     body: SamplingFields,
     requested: int | None,
-    adapter: str | None = None,
+    route: AdapterRoute | None = None,
 ) -> Ticket:
-    """Check limits, build the job and queue it."""
+    """Check limits, build the job and queue it (counted for its adapter's variant)."""
     engine, settings = server.engine, server.settings
     if not prompt:
         raise ApiError(400, "The prompt is empty; send at least one token of text.")
@@ -198,8 +216,10 @@ def _submit(
         seed=body.seed,
         ignore_eos=body.ignore_eos,
     )
+    adapter, canary = (route.name, route.variant == "canary") if route else (None, False)
+    on_fail = route.counts.record_failure if route else None
     try:
-        ticket = server.batcher.submit(GenerationJob(prompt, params, adapter))
+        ticket = server.batcher.submit(GenerationJob(prompt, params, adapter, canary), on_fail)
     except QueueFullError:
         raise ApiError(
             429,
@@ -208,6 +228,8 @@ def _submit(
             code="queue_full",
             headers={"Retry-After": str(RETRY_AFTER_S)},
         ) from None
+    if route is not None:
+        route.counts.record_request()
     server.metrics.prompt_tokens.inc(len(prompt))
     return ticket
 
@@ -220,13 +242,19 @@ async def _events(ticket: Ticket) -> AsyncIterator[Event]:
             return
 
 
-async def _collect(server: ReadyServer, ticket: Ticket) -> tuple[str, Any]:
-    """The whole text and finish reason of a non-streamed request."""
+async def _collect(server: ReadyServer, ticket: Ticket, headers: dict[str, str]) -> tuple[str, Any]:
+    """The whole text and finish reason of a non-streamed request (errors carry `headers`)."""
     pieces: list[str] = []
     try:
         async for event in _events(ticket):
             if event.kind == "error":
-                raise ApiError(event.status, event.text, type_=_error_type(event), code=event.code)
+                raise ApiError(
+                    event.status,
+                    event.text,
+                    type_=_error_type(event),
+                    code=event.code,
+                    headers=headers,
+                )
             if event.kind == "done":
                 server.metrics.completion_tokens.inc(ticket.completion_tokens)
                 return "".join(pieces), event.finish_reason
@@ -243,6 +271,7 @@ def _sse(
     head: dict[str, Any],
     include_usage: bool,
     first: dict[str, Any] | None,
+    headers: dict[str, str],
 ) -> StreamingResponse:
     async def body() -> AsyncIterator[str]:
         try:
@@ -264,7 +293,7 @@ def _sse(
             ticket.cancel()
 
     return StreamingResponse(
-        body(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
+        body(), media_type="text/event-stream", headers={"Cache-Control": "no-cache", **headers}
     )
 
 

@@ -4,7 +4,8 @@
 softmax at the temperature, nucleus (top_p) filtering, and a draw from the request's own seeded
 generator, so a row's tokens never depend on its batch mates. A row whose parameters or
 probabilities are unusable raises (or, from `pick_next`, yields) a `SamplingError` for that row
-alone; its batch mates get their tokens. Knows nothing about text or stops.
+alone (a 400 for its parameters; a 500 for logits that are not finite, greedy rows included);
+its batch mates get their tokens. Knows nothing about text or stops.
 """
 
 from __future__ import annotations
@@ -63,11 +64,11 @@ class RowSampler:
 
     def pick(self, logits: torch.Tensor) -> int:
         """The next token id from one row of logits (fp32, on any device)."""
-        if self.params.greedy:
-            return int(torch.argmax(logits).item())
         logits = logits.float().cpu()
         if not bool(torch.isfinite(logits).all()):
-            raise SamplingError("the model produced logits that are not finite", status=500)
+            raise not_finite()
+        if self.params.greedy:
+            return int(torch.argmax(logits).item())
         probs = torch.softmax(logits / self.params.temperature, dim=-1)
         if not bool(torch.isfinite(probs).all()):
             raise SamplingError(
@@ -87,10 +88,17 @@ def top_p_filter(probs: torch.Tensor, top_p: float) -> torch.Tensor:
     return kept / kept.sum()
 
 
+def not_finite() -> SamplingError:
+    """Non-finite logits (e.g. a broken adapter's NaN weights): the server's failure, a 500."""
+    return SamplingError("the model produced logits that are not finite", status=500)
+
+
 def pick_next(logits: torch.Tensor, rows: list[RowSampler]) -> list[int | SamplingError]:
     """One token per row of `logits` (shape [rows, vocab]), or that row's `SamplingError`."""
     if all(r.params.greedy for r in rows):
-        return [int(i) for i in torch.argmax(logits, dim=-1).tolist()]
+        finite = torch.isfinite(logits).all(dim=-1)
+        picks = torch.where(finite, torch.argmax(logits, dim=-1), -1).tolist()  # one transfer
+        return [int(t) if t >= 0 else not_finite() for t in picks]
     return [_pick_one(row, logits[i]) for i, row in enumerate(rows)]
 
 

@@ -1,7 +1,8 @@
 """What one server app holds at run time, and the dependency that hands it to routes.
 
 `app.py` creates a `ServerState` in `app.state.server`; the engine and batcher appear once the
-model has loaded. `routes.py` asks for `Ready`, which answers 503 until then.
+model has loaded. `routes.py` asks for `Ready`, which answers 503 until then; `adapterz.py` reads
+the state itself.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from kubetune_server.adapter_config import AdapterConfigWatcher
 from kubetune_server.adapter_registry import AdapterRegistry
 from kubetune_server.batching import Batcher
 from kubetune_server.engine import Engine
@@ -31,7 +33,8 @@ class ServerState:
     adapters: AdapterRegistry | None = None  # named LoRA adapters (multi-LoRA servers only)
     load_error: str | None = None
     created: int = 0
-    watcher: asyncio.Task[None] | None = None  # the adapter config file's watcher
+    watcher: asyncio.Task[None] | None = None  # the adapter config file's watcher task
+    adapter_config: AdapterConfigWatcher | None = None  # its `error` is shown at /adapterz
 
     @property
     def ready(self) -> bool:

@@ -182,3 +182,13 @@ def test_pick_next_fails_only_the_row_that_cannot_sample() -> None:
     assert failed.status == 400
     logits[2, 0] = float("nan")
     assert pick_next(logits, rows)[2].status == 500  # type: ignore[union-attr]
+
+
+def test_a_greedy_row_with_logits_that_are_not_finite_fails_alone_with_500() -> None:
+    logits = torch.tensor([[0.0, 5.0, 1.0], [float("nan")] * 3, [0.0, 1.0, float("inf")]])
+    rows = [RowSampler(SamplingParams(max_new_tokens=1)) for _ in range(3)]
+    first, *failed = pick_next(logits, rows)
+    assert first == 1
+    assert [(type(f), getattr(f, "status", None)) for f in failed] == [(SamplingError, 500)] * 2
+    with pytest.raises(SamplingError, match="not finite"):
+        rows[1].pick(logits[1])

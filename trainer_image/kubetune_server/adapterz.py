@@ -1,0 +1,47 @@
+"""`GET /adapterz`: the named adapters' states and counters, for the operator, without the key.
+
+    {"adapters": [{"name", "state", "reason", "since", "requests", "errors",
+                   "canary": null | {"state", "reason", "percent", "requests", "errors"}}],
+     "configError": null | "<why the adapter config file was not applied>"}
+
+Included by `app.py`. The path is outside `/v1/`, so `auth.RequestGuard` asks no key (the operator
+polls every pod, like the kubelet polls `/readyz`), and the route takes no body. Being open, it
+shows names, states, reasons (folders replaced by `<folder>`, cut to 300 characters) and counts,
+never folders; `GET /v1/adapters` (keyed) shows the same with the folders. `requests` counts the
+requests queued for the folder serving now (reset when the folder changes), `errors` those of them
+that failed with a 5xx. A server without named adapters answers an empty list; one still loading
+its model answers 503, as `/readyz` does.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+
+from kubetune_server.adapter_variants import MAX_PUBLIC_REASON
+from kubetune_server.state import server_state
+
+router = APIRouter()
+
+
+@router.get("/adapterz", include_in_schema=False)
+async def adapterz(request: Request) -> JSONResponse:
+    """Every named adapter's state and counters, or 503 while the model loads."""
+    state = server_state(request)
+    if not state.ready:
+        reason = state.load_error or "loading the model"
+        return JSONResponse({"status": "not ready", "reason": reason, "pid": os.getpid()}, 503)
+    adapters: list[dict[str, Any]] = []
+    if state.adapters is not None:
+        adapters = [r.to_public_json() for r in state.adapters.reports()]
+    error = state.adapter_config.error if state.adapter_config is not None else None
+    return JSONResponse({"adapters": adapters, "configError": _shorten(error)})
+
+
+def _shorten(text: str | None) -> str | None:
+    if text is None or len(text) <= MAX_PUBLIC_REASON:
+        return text
+    return text[: MAX_PUBLIC_REASON - 3] + "..."

@@ -1,6 +1,7 @@
 """What a server pod says about its named adapters at `GET /adapterz`: the wire form both sides share.
 
-`kubetune_server` builds it from its adapter registry; the ModelDeployment operator reads it
+`kubetune_server.adapter_variants` builds it from its adapter registry (`to_public`, served by
+`kubetune_server.adapterz`); the ModelDeployment operator reads it
 from every ready server pod (`kubetune_operator.serving.replica_probe`) to report per-replica
 adapter state and to judge canaries. The endpoint needs no API key, so a report carries names,
 states, short reasons, request counts and a digest of each folder, never the folder itself: the
@@ -47,6 +48,7 @@ class AdapterReport(VariantReport):
     """One named adapter on one server: its stable folder, and its canary if it has one."""
 
     name: str = Field(description="The adapter's name (the request's `model`).")
+    since: int = Field(default=0, ge=0, description="When the state last changed (epoch seconds).")
     canary: CanaryReport | None = Field(default=None, description="The canary, if any.")
 
 

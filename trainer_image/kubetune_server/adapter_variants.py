@@ -6,7 +6,8 @@ that folder is loaded, so a new stable folder (or canary) starts from zero. The 
 get an `AdapterRoute` from the registry (`pick_variant`: canary with probability percent/100,
 independently per request), count the request once it is queued, and count an error when it ends
 in a 5xx while generating. `AdapterReport` is what `GET /v1/adapters` (keyed: with folders) and
-`GET /adapterz` (key-free: names, states, reasons and counts only) show. Knows nothing about peft.
+`GET /adapterz` (key-free: names, states, reasons, counts and folder digests, in the wire form
+`kubetune_api.adapter_report` shares with the operator) show. Knows nothing about peft.
 """
 
 from __future__ import annotations
@@ -16,12 +17,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from kubetune_api.adapter_report import REASON_LIMIT, CanaryReport, path_digest
+from kubetune_api.adapter_report import AdapterReport as WireReport
+
 State = Literal["Loading", "Loaded", "Failed"]
 Variant = Literal["stable", "canary"]
 Draw = Callable[[], float]  # a uniform number in [0, 1), e.g. random.random
 
 VARIANT_HEADER = "x-kubetune-adapter-variant"
-MAX_PUBLIC_REASON = 300  # characters of a reason shown without the key
+MAX_PUBLIC_REASON = REASON_LIMIT  # characters of a reason shown without the key
 
 
 @dataclass
@@ -159,22 +163,27 @@ class AdapterReport:
             },
         }  # fmt: skip
 
-    def to_public_json(self) -> dict[str, Any]:
-        """The wire form of GET /adapterz (no key): names, states, reasons, counts; no folders."""
-        s, canary = self.stable, self.canary
-        return {
-            "name": s.name,
-            "state": s.state,
-            "reason": public_reason(s.reason, s.path, s.serving_path),
-            "since": int(s.since),
-            **_counts(self.counts),
-            "canary": None if canary is None else {
-                "state": canary.state,
-                "reason": public_reason(canary.reason, canary.path),
-                "percent": canary.percent,
-                **_counts(self.canary_counts),
-            },
-        }  # fmt: skip
+    def to_public(self) -> WireReport:
+        """The entry of GET /adapterz (no key): names, states, reasons, counts and a digest of
+        each folder (`kubetune_api.adapter_report`), never the folders themselves."""
+        s, canary, counts = self.stable, self.canary, self.canary_counts or VariantCounts()
+        return WireReport(
+            name=s.name,
+            state=s.state,
+            reason=public_reason(s.reason, s.path, s.serving_path),
+            path_digest=path_digest(s.path),
+            since=int(s.since),
+            requests=self.counts.requests,
+            errors=self.counts.errors,
+            canary=None if canary is None else CanaryReport(
+                state=canary.state,
+                reason=public_reason(canary.reason, canary.path),
+                path_digest=path_digest(canary.path),
+                percent=canary.percent,
+                requests=counts.requests,
+                errors=counts.errors,
+            ),
+        )  # fmt: skip
 
 
 def public_reason(reason: str, *folders: str | None) -> str | None:

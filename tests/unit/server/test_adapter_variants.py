@@ -12,6 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from kubetune_api.adapter_report import path_digest
 from kubetune_server.adapter_registry import AdapterRegistry
 from kubetune_server.adapter_variants import (
     AdapterReport,
@@ -67,22 +68,25 @@ def test_the_keyed_report_has_folders_and_the_public_one_has_none() -> None:
         CanaryState("/p/canary", 10.0, "Failed", "/p/canary: weights cannot be read", 1.0),
         None,
     )
-    assert report.to_public_json() == {
+    public = report.to_public().model_dump(mode="json", by_alias=True)
+    assert public == {
         "name": "faq",
         "state": "Loaded",
         "reason": None,
+        "pathDigest": path_digest("/p/stable"),
         "since": 1733540000,
         "requests": 57,
         "errors": 0,
         "canary": {
             "state": "Failed",
             "reason": "<folder>: weights cannot be read",
+            "pathDigest": path_digest("/p/canary"),
             "percent": 10.0,
             "requests": 0,
             "errors": 0,
         },
     }
-    assert "/p/" not in str(report.to_public_json())
+    assert "/p/" not in str(public)
     keyed = report.to_json()
     assert keyed["path"] == keyed["servingPath"] == "/p/stable"
     assert keyed["canary"]["path"] == "/p/canary" and keyed["canary"]["since"] == 1
@@ -139,7 +143,7 @@ def test_counters_belong_to_the_folder_and_restart_when_it_changes() -> None:
         assert route is not None
         route.counts.record_request()
         route.counts.record_failure(500 if route.variant == "canary" else 200)
-    view = lambda: reg.reports()[0].to_public_json()  # noqa: E731
+    view = lambda: reg.reports()[0].to_public().model_dump(mode="json", by_alias=True)  # noqa: E731
     assert (view()["requests"], view()["errors"]) == (2, 0)
     assert (view()["canary"]["requests"], view()["canary"]["errors"]) == (1, 1)
     reg.set_canary_percent("faq", 5.0)  # same folder: counts go on

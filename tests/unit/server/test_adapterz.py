@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
+from kubetune_api.adapter_report import AdaptersReport, path_digest
 from kubetune_server.app import create_app
 from kubetune_server.engine import GenerationJob
 from kubetune_server.settings import ServerSettings
@@ -104,18 +105,23 @@ def test_counters_add_up_to_what_clients_saw_and_show_no_folders(url: str) -> No
         "name": "faq",
         "state": "Loaded",
         "reason": None,
+        "pathDigest": path_digest("/a/faq-v1"),
         "since": faq["since"],
         "requests": seen["stable"],
         "errors": 0,
         "canary": {
             "state": "Loaded",
             "reason": None,
+            "pathDigest": path_digest("/a/nan-v2"),
             "percent": 50.0,
             "requests": seen["canary"],
             "errors": seen["canary"],
         },
     }
     assert isinstance(faq["since"], int) and faq["since"] > 1_700_000_000
+    assert (
+        AdaptersReport.model_validate(body).adapters[0].canary is not None
+    )  # the operator's parse
     assert (legal["name"], legal["requests"], legal["canary"]) == ("legal", 1, None)
     assert "/a/" not in json.dumps(body)
     keyed = httpx.get(f"{url}/v1/adapters", headers=AUTH).json()["data"][0]

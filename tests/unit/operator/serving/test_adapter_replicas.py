@@ -24,6 +24,7 @@ from kubetune_operator.serving.replica_probe import probe_servers
 from kubetune_operator.serving.replicas import PodReport
 from kubetune_operator.serving.status import ModelState, adapter_events, derive_status
 from kubetune_operator.settings import Settings, parse_networks
+from kubetune_server.adapter_config import parse_adapter_entries
 
 from .test_builders import example
 
@@ -150,6 +151,8 @@ def test_a_new_run_is_a_canary_first_and_a_worse_one_is_rolled_back() -> None:
     trial = started.faq.canary
     assert trial is not None and (trial.state, trial.path, trial.percent) == ("Running", NEW, 50)
     assert started.config["faq"] == {"path": OLD, "canary": {"path": NEW, "percent": 50.0}}
+    read = parse_adapter_entries(json.dumps(started.config), "cm")["faq"]  # as the server reads it
+    assert read.path == OLD and read.canary is not None and read.canary.path == NEW
     assert started.events == [
         ("Normal", "CanaryStarted", "model base adapter faq: run t2 takes 50% of its requests")
     ]

@@ -35,7 +35,7 @@ test-real: setup cluster-build images ## Our images in real pods on the real nod
 # only starts what is built). KUBETUNE_REAL_NODES=0 skips the images and the real tier.
 test: setup cluster-build $(if $(filter 0,$(KUBETUNE_REAL_NODES)),,images) ## Every tier: unit, integration, e2e, real (what CI runs; builds the control plane and images first)
 	hack/s3.sh build >/dev/null  # the tests' S3 server (cached; built outside pytest's timeouts)
-	$(VENV)/bin/pytest -q -o addopts='--strict-markers' -p no:cacheprovider --durations=25 tests
+	$(VENV)/bin/pytest -q -o addopts='--strict-markers' -p no:cacheprovider --durations=25 -n 2 --dist loadgroup tests
 
 crds: setup ## Regenerate the CRDs from the pydantic schema (manifests/crds and the chart's templates)
 	PYTHONPATH=operator $(PY) -m kubetune_api.crd --out manifests/crds --chart charts/kubetune/templates/crds

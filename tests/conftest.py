@@ -12,6 +12,13 @@ ones that do share a single build per session.
   29000-29099 (`$KUBETUNE_S3_TEST_PORTS` as FIRST-LAST), one per session; `s3` (per test) gives
   a fresh bucket and the AWS_* variables set for the test.
 
+`make test` runs the tiers on two pytest-xdist workers (`-n 2 --dist loadgroup`): every test
+under tests/e2e (the cluster tiers, which share one control plane and start one operator per
+module, so they run one at a time, in order) goes to one worker, the unit and integration tiers
+to the other (`pytest_collection_modifyitems` below puts them in those two groups). The cluster
+tiers mostly wait on pods and controllers, the other two mostly compute, so together they take
+about as long as the cluster tiers alone. Plain `pytest` runs serially as before.
+
 The genuine-vocabulary fixtures skip, saying why, when `qwen.tiktoken` (from the `dashscope`
 wheel, or `$KUBETUNE_QWEN_TIKTOKEN`) is not available. Add further shared fixtures here; keep
 tier-specific ones in `tests/<tier>/conftest.py`.
@@ -32,6 +39,17 @@ import pytest
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerFast
+
+
+CLUSTER_TIERS = Path(__file__).parent / "e2e"
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Two xdist groups: `cluster` (tests/e2e, in collection order on one worker), `local`."""
+    for item in items:
+        cluster = CLUSTER_TIERS in Path(str(item.fspath)).parents
+        item.add_marker(pytest.mark.xdist_group("cluster" if cluster else "local"))
 
 
 def _require_qwen_tiktoken() -> None:

@@ -20,14 +20,12 @@ its model answers 503, as `/readyz` does.
 
 from __future__ import annotations
 
-import os
-
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from kubetune_api.adapter_report import AdaptersReport
 from kubetune_server.adapter_variants import MAX_PUBLIC_REASON
-from kubetune_server.state import server_state
+from kubetune_server.state import not_ready, server_state
 
 router = APIRouter()
 
@@ -36,9 +34,8 @@ router = APIRouter()
 async def adapterz(request: Request) -> JSONResponse:
     """Every named adapter's state and counters, or 503 while the model loads."""
     state = server_state(request)
-    if not state.ready:
-        reason = state.load_error or "loading the model"
-        return JSONResponse({"status": "not ready", "reason": reason, "pid": os.getpid()}, 503)
+    if (waiting := not_ready(state)) is not None:
+        return waiting
     adapters = [r.to_public() for r in state.adapters.reports()] if state.adapters else []
     error = state.adapter_config.error if state.adapter_config is not None else None
     report = AdaptersReport(adapters=adapters, config_error=_shorten(error))

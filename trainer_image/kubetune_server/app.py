@@ -37,7 +37,7 @@ from kubetune_server.multi_lora import LoraSet
 from kubetune_server.request_metrics import RequestMetricsMiddleware
 from kubetune_server.routes import router
 from kubetune_server.settings import ServerSettings
-from kubetune_server.state import ServerState, server_state
+from kubetune_server.state import ServerState, not_ready, server_state
 
 log = logging.getLogger(__name__)
 
@@ -137,9 +137,8 @@ def _add_health_routes(app: FastAPI) -> None:
     @app.get("/readyz", include_in_schema=False)
     async def readyz(request: Request) -> JSONResponse:
         state = server_state(request)
-        if not state.ready:
-            reason = state.load_error or "loading the model"
-            return JSONResponse({"status": "not ready", "reason": reason, "pid": os.getpid()}, 503)
+        if (waiting := not_ready(state)) is not None:
+            return waiting
         body = {"status": "ready", "model": state.settings.model_name, "pid": os.getpid()}
         return JSONResponse(body)
 

@@ -1,17 +1,19 @@
 """What one server app holds at run time, and the dependency that hands it to routes.
 
 `app.py` creates a `ServerState` in `app.state.server`; the engine and batcher appear once the
-model has loaded. `routes.py` asks for `Ready`, which answers 503 until then; `adapterz.py` reads
-the state itself.
+model has loaded. `routes.py` asks for `Ready`, which answers 503 until then; the probes (`/readyz`
+in `app.py`, `adapterz.py`) read the state themselves and answer `not_ready` until then.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Request
+from fastapi.responses import JSONResponse
 
 from kubetune_server.adapter_config import AdapterConfigWatcher
 from kubetune_server.adapter_registry import AdapterRegistry
@@ -58,6 +60,14 @@ def server_state(request: Request) -> ServerState:
     """The app's `ServerState`."""
     state: ServerState = request.app.state.server
     return state
+
+
+def not_ready(state: ServerState) -> JSONResponse | None:
+    """The 503 of a probe (`/readyz`, `/adapterz`) while the model loads or after it failed."""
+    if state.ready:
+        return None
+    reason = state.load_error or "loading the model"
+    return JSONResponse({"status": "not ready", "reason": reason, "pid": os.getpid()}, 503)
 
 
 def ready_server(request: Request) -> ReadyServer:

@@ -139,18 +139,33 @@ def ask_in_cluster(
     kubectl: Kubectl, ns: str, pod: str, endpoint: str, wait_until: Callable[..., Any]
 ) -> dict[str, Any]:
     """One chat request to `endpoint` (an OpenAI base URL) from a pod inside the cluster, as
-    model `large`; asserts the pod succeeded and returns the parsed answer."""
+    model `large`; asserts the pod succeeded and returns the parsed answer.
+
+    A refused connection is tried again for up to 30 s, as a client of a new Service would: a
+    Deployment's pod is Ready (so the ModelDeployment Available) a moment before kube-proxy has
+    the Service's new endpoint in its rules, and until then the ClusterIP refuses (seen in CI).
+    Any other failure, and an HTTP error, ends the pod Failed at once."""
     body = {
         "model": "large",
         "messages": [{"role": "user", "content": "如何申请信用卡？"}],
         "max_tokens": 8,
     }
-    script = (
-        "import json, sys, urllib.request as u;"
-        f"r = u.Request({endpoint + '/chat/completions'!r}, data=sys.argv[1].encode(),"
-        " headers={'Content-Type': 'application/json'});"
-        "print(u.urlopen(r, timeout=120).read().decode())"
-    )
+    script = f"""
+import sys, time, urllib.error, urllib.request as u
+request = u.Request({endpoint + "/chat/completions"!r}, data=sys.argv[1].encode(),
+                    headers={{'Content-Type': 'application/json'}})
+deadline = time.time() + 30
+while True:
+    try:
+        print(u.urlopen(request, timeout=120).read().decode())
+        break
+    except urllib.error.URLError as err:
+        refused = isinstance(err.reason, ConnectionRefusedError)
+        if not refused or time.time() > deadline:
+            raise
+        print(f'refused, trying again: {{err}}', file=sys.stderr)
+        time.sleep(1)
+"""
     phase, log = run_pod(kubectl, ns, pod, ["python", "-c", script, json.dumps(body)], wait_until)
     assert phase == "Succeeded", log
     answer: dict[str, Any] = json.loads(log.strip().splitlines()[-1])

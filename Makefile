@@ -33,7 +33,7 @@ test-real: setup cluster-build images ## Our images in real pods on the real nod
 
 # The builds run here, before pytest, so no per-test timeout can cut them off (the e2e fixture
 # only starts what is built). KUBETUNE_REAL_NODES=0 skips the images and the real tier.
-test: setup cluster-build $(if $(filter 0,$(KUBETUNE_REAL_NODES)),,images) ## Every tier: unit, integration, e2e, real (what CI runs; builds the control plane and images first)
+test: setup cluster-build $(if $(filter 0,$(KUBETUNE_REAL_NODES)),,images) ## Every tier: unit, integration, e2e, real (what CI runs; builds the control plane and images first; two xdist workers: cluster tiers | the rest)
 	hack/s3.sh build >/dev/null  # the tests' S3 server (cached; built outside pytest's timeouts)
 	$(VENV)/bin/pytest -q -o addopts='--strict-markers' -p no:cacheprovider --durations=25 -n 2 --dist loadgroup tests
 

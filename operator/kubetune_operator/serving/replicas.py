@@ -45,9 +45,10 @@ def replica_state(report: PodReport, adapter: str, folder: str) -> ReplicaAdapte
 
 
 def settled(status: AdapterStatus) -> bool:
-    """Whether only a change elsewhere (spec, job, pods) can change this adapter's state."""
+    """Whether only a change elsewhere (spec, job, a pod's readiness: each wakes a reconcile)
+    can change this adapter's state; Configured too: no ready pod could be asked."""
     running = status.canary is not None and status.canary.state == "Running"
-    return status.state in ("Pending", "Loaded", "Failed") and not running
+    return status.state in ("Pending", "Configured", "Loaded", "Failed") and not running
 
 
 def summed_up(status: AdapterStatus, replicas: list[ReplicaAdapterState]) -> AdapterStatus:

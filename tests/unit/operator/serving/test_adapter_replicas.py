@@ -139,6 +139,7 @@ def test_replicas_say_loaded_loading_failed_or_unknown() -> None:
 
     nobody = Step(raw, job, ModelDeploymentStatus(), [PodReport("base-a", problem="no IP yet")])
     assert nobody.faq.state == "Configured"  # no pod has said anything yet
+    assert next_poll(parse_spec(raw), nobody.status, 10) == 60  # a Ready pod wakes a reconcile
     unasked = Step(raw, job, ModelDeploymentStatus(), None)
     assert unasked.faq.state == "Configured" and unasked.faq.replicas is None
 

@@ -44,7 +44,7 @@ if TYPE_CHECKING:
 CLUSTER_TIERS = Path(__file__).parent / "e2e"
 
 
-@pytest.hookimpl(trylast=True)
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups (its worker names them)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Two xdist groups: `cluster` (tests/e2e, in collection order on one worker), `local`."""
     for item in items:

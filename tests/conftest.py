@@ -15,9 +15,10 @@ ones that do share a single build per session.
 `make test` runs the tiers on two pytest-xdist workers (`-n 2 --dist loadgroup`): every test
 under tests/e2e (the cluster tiers, which share one control plane and start one operator per
 module, so they run one at a time, in order) goes to one worker, the unit and integration tiers
-to the other (`pytest_collection_modifyitems` below puts them in those two groups). The cluster
-tiers mostly wait on pods and controllers, the other two mostly compute, so together they take
-about as long as the cluster tiers alone. Plain `pytest` runs serially as before.
+to the other (`pytest_xdist_make_scheduler` below: two groups by path; xdist 3.8's own
+`xdist_group` marks do nothing under pytest 9, which no longer reads the node id attribute xdist
+rewrites). The cluster tiers mostly wait on pods and controllers, the other two mostly compute,
+so together they take about as long as the cluster tiers alone. Plain `pytest` runs serially.
 
 The genuine-vocabulary fixtures skip, saying why, when `qwen.tiktoken` (from the `dashscope`
 wheel, or `$KUBETUNE_QWEN_TIKTOKEN`) is not available. Add further shared fixtures here; keep
@@ -41,15 +42,21 @@ if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerFast
 
 
-CLUSTER_TIERS = Path(__file__).parent / "e2e"
+CLUSTER_TIERS = "tests/e2e/"  # node ids are relative to the repository root
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups (its worker names them)
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Two xdist groups: `cluster` (tests/e2e, in collection order on one worker), `local`."""
-    for item in items:
-        cluster = CLUSTER_TIERS in Path(str(item.fspath)).parents
-        item.add_marker(pytest.mark.xdist_group("cluster" if cluster else "local"))
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """With `--dist loadgroup`: two groups, `cluster` (tests/e2e, in collection order, on the
+    first worker) and `local` (everything else); any other --dist mode is xdist's own."""
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class TierScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return "cluster" if nodeid.startswith(CLUSTER_TIERS) else "local"
+
+    return TierScheduling(config, log)
 
 
 def _require_qwen_tiktoken() -> None:

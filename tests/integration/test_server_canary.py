@@ -27,6 +27,7 @@ import pytest
 import torch
 from test_server_adapters import train_and_save  # the sibling module: same training
 
+from kubetune_api.adapter_report import path_digest
 from kubetune_server.process import KubetuneProcess
 
 pytestmark = pytest.mark.integration
@@ -122,10 +123,12 @@ def test_a_nan_canary_fails_its_share_alone_and_adapterz_counts_it(
     assert state["canary"] == {
         "state": "Loaded",
         "reason": None,
+        "pathDigest": path_digest(str(folders["nan"])),  # the folder's digest, never the folder
         "percent": 50.0,
         "requests": len(canary),
         "errors": len(canary),
     }
+    assert state["pathDigest"] == path_digest(str(folders["a"]))
     assert str(folders["a"]) not in json.dumps(state)
 
     write(config, {"faq": str(folders["a"])})
@@ -142,7 +145,10 @@ def test_promoting_a_good_canary_and_swapping_back_drop_no_request(
     url = proc.url
     a, b = str(folders["a"]), str(folders["b"])
     write(config, {"faq": {"path": a, "canary": {"path": b, "percent": 50}}})
-    wait_for(lambda: (faq(url)["canary"] or {}).get("state") == "Loaded", "canary b not loaded")
+    wanted = {"state": "Loaded", "pathDigest": path_digest(b)}
+    wait_for(
+        lambda: (faq(url)["canary"] or {}).items() >= wanted.items(), "canary b not loaded"
+    )  # fmt: skip
     seen: dict[str, list[int]] = {}
     wait_for(lambda: seen.update({(r := ask(url)).headers[HEADER]: tokens(r)}) or len(seen) == 2,
              "never saw both variants")  # fmt: skip

@@ -51,6 +51,7 @@ from operator_helpers import (
 pytestmark = pytest.mark.e2e
 Wait = Callable[..., Any]
 QUEUES = REPO / "manifests" / "kueue" / "queues.yaml"
+MAX_STEPS = 400
 
 
 @pytest.fixture
@@ -192,7 +193,11 @@ def test_a_2_node_job_that_does_not_fit_is_not_started_at_all(
 
 
 def trainer_job(name: str) -> dict[str, Any]:
-    """The tiny random-weight Qwen3, 1 GPU, checkpoints every 5 steps, behind the queue."""
+    """The tiny random-weight Qwen3, 1 GPU, checkpoints every 10 steps, behind the queue.
+
+    400 steps: the test stops the trainer (SIGSTOP) once its first checkpoint is there, and on a
+    fast machine the tiny model trains about 40 steps a second; with 30 steps (as before) the
+    run once ended before the test could stop it (CI, 2026-12-07)."""
     manifest = queued_job(name)
     manifest["spec"].update(
         {
@@ -202,12 +207,12 @@ def trainer_job(name: str) -> dict[str, Any]:
             },
             "dataset": {"train": {"pvc": {"claimName": "data", "path": "train.jsonl"}}},
             "training": {
-                "epochs": 1,
+                "epochs": 20,
                 "microBatchSize": 4,
                 "learningRate": 1e-3,
                 "precision": "fp32",
-                "maxSteps": 30,
-                "saveEverySteps": 5,
+                "maxSteps": MAX_STEPS,
+                "saveEverySteps": 10,
             },
             "resources": {"gpusPerNode": 1},
             "output": {"pvc": {"claimName": "output", "path": "run"}},
@@ -313,7 +318,7 @@ def test_a_higher_priority_job_preempts_a_lower_one_which_resumes_from_its_check
         said = json.loads(first.termination_log.read_text())  # what the operator would read
         assert said["reason"] == "Preempted", first.output()  # checkpoint written, then exit
         stopped_at = max(int(p.name.removeprefix("step-")) for p in checkpoints.iterdir())
-        assert 0 < stopped_at < 30
+        assert 0 < stopped_at < MAX_STEPS
 
         wait_pod_running(kubectl, ns, "urgent", 0, wait_until, timeout=90)
         status = wait_queued(kubectl, ns, "low", wait_until)

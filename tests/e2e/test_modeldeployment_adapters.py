@@ -110,12 +110,18 @@ def test_a_vllm_model_is_scheduled_on_gpu_nodes(
     pod = wait_pod_running(kubectl, ns, "credit-card-faq", 0, wait_until)[0]
     finish_pod(kubectl, ns, pod["metadata"]["name"], 0)
     wait_phase(kubectl, ns, "credit-card-faq", "Succeeded", wait_until)
+    # the faq adapter became ready after the first pod started (vLLM takes LoRA modules as
+    # flags, so that rolls the Deployment): wait for the one live pod that serves it (the
+    # ModelDeployment may still say Available from before the roll, with the old pod alive)
+    pods = wait_until(
+        lambda: (p := live_pods(kubectl, ns, "kubetune.io/model=large"))
+        and any(a.startswith("faq=") for a in p[0]["spec"]["containers"][0]["args"])
+        and p[0]["status"].get("phase") == "Running"
+        and p,
+        timeout=90, what="one live vLLM pod serving the faq adapter",
+    )  # fmt: skip
     status = wait_mdep(kubectl, ns, "chat-gpu", "Available", wait_until)
     assert status["ready"] == "2/2"
-    # the faq adapter became ready after the first pod started (vLLM takes LoRA modules as
-    # flags, so that rolled the Deployment): the old pod may still be terminating
-    pods = wait_until(lambda: live_pods(kubectl, ns, "kubetune.io/model=large"), timeout=60,
-                      what="one live vLLM pod")  # fmt: skip
     assert len(pods) == 1 and pods[0]["status"]["phase"] == "Running"
     node = kubectl.json("get", "node", pods[0]["spec"]["nodeName"])
     assert int(node["status"]["allocatable"].get("nvidia.com/gpu", "0")) >= 1

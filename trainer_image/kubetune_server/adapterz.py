@@ -24,7 +24,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from kubetune_api.adapter_report import AdaptersReport
-from kubetune_server.adapter_variants import MAX_PUBLIC_REASON
+from kubetune_server.adapter_variants import public_reason
 from kubetune_server.state import not_ready, server_state
 
 router = APIRouter()
@@ -38,11 +38,5 @@ async def adapterz(request: Request) -> JSONResponse:
         return waiting
     adapters = [r.to_public() for r in state.adapters.reports()] if state.adapters else []
     error = state.adapter_config.error if state.adapter_config is not None else None
-    report = AdaptersReport(adapters=adapters, config_error=_shorten(error))
+    report = AdaptersReport(adapters=adapters, config_error=public_reason(error or ""))
     return JSONResponse(report.model_dump(mode="json", by_alias=True))
-
-
-def _shorten(text: str | None) -> str | None:
-    if text is None or len(text) <= MAX_PUBLIC_REASON:
-        return text
-    return text[: MAX_PUBLIC_REASON - 3] + "..."

@@ -12,7 +12,6 @@ the status shows as Unknown. Router pods and vLLM pods are not asked.
 from __future__ import annotations
 
 import json
-import urllib.error
 import urllib.request
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -57,7 +56,7 @@ def probe_pod(pod: Json, port: int, settings: Settings, fetch: Fetch = http_get)
     host = f"[{ip}]" if ":" in ip else ip
     try:
         body = fetch(f"http://{host}:{port}/adapterz")
-    except (OSError, urllib.error.URLError) as err:
+    except OSError as err:  # refused, timed out, non-2xx (urllib's errors are OSErrors)
         return PodReport(name, problem=f"GET /adapterz failed: {err}")
     if len(body) > MAX_BYTES:
         return PodReport(name, problem=f"GET /adapterz answered more than {MAX_BYTES} bytes")
